@@ -1,0 +1,193 @@
+"""Read a model once, tensor by tensor, into everything the registry stores.
+
+``scan_model`` is the single pass over the weights: role assignment,
+statistics and digests for every stored tensor, and a hook that receives each
+*canonical* tensor (``[out, in]``, fused projections split) for fingerprinting.
+It returns plain data; the registry writes it in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .readers import WeightSource, iter_tensors, open_source, read_header
+from .roles import assign_role, canonical_parts, detect_family
+from .stats import tensor_digest, tensor_statistics
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TensorRecord", "ModelScan", "scan_model", "CanonicalVisitor"]
+
+#: Called with ``(role, block, tensor)`` for each learned canonical weight or bias part.
+CanonicalVisitor = Callable[[str, "int | None", str, "torch.Tensor"], None]
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    role: str
+    block: int | None
+    part: str
+    shape: tuple[int, ...]
+    dtype: str
+    size_bytes: int
+    digest: str
+    mean: float | None
+    std: float | None
+    kurtosis: float | None
+    distinct_values: int
+    sample_size: int
+
+
+@dataclass(frozen=True)
+class ModelScan:
+    """Everything learned about a model from one pass over its files."""
+
+    source: WeightSource
+    family: str
+    architecture: str | None
+    model_type: str | None
+    num_blocks: int | None
+    hidden_size: int | None
+    mlp_width: int | None
+    vocab_size: int | None
+    num_parameters: int
+    dtype: str | None
+    content_digest: str
+    declared_base_models: tuple[str, ...]
+    tensors: tuple[TensorRecord, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def role_counts(self) -> dict[str, int]:
+        return dict(Counter(t.role for t in self.tensors))
+
+
+def _declared_bases(root: Path) -> tuple[str, ...]:
+    """``base_model`` from the model card's YAML header, when the folder has a README."""
+    readme = root / "README.md"
+    if not readme.is_file():
+        return ()
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(readme).data.to_dict()
+    except Exception:  # a malformed card is metadata noise, never an indexing failure
+        return ()
+    base = data.get("base_model")
+    if isinstance(base, str):
+        return (base,)
+    if isinstance(base, list):
+        return tuple(str(b) for b in base)
+    return ()
+
+
+def _first(cfg: dict[str, Any], *keys: str) -> int | None:
+    for k in keys:
+        v = cfg.get(k)
+        if isinstance(v, int):
+            return v
+    text = cfg.get("text_config")
+    if isinstance(text, dict):
+        return _first(text, *keys)
+    return None
+
+
+def scan_model(
+    path: str | os.PathLike | WeightSource,
+    *,
+    visit: CanonicalVisitor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ModelScan:
+    """Read every tensor once and return the model's records.
+
+    Parameters
+    ----------
+    path : path or WeightSource
+        A model folder, cache repo or weight file (see :func:`indexer.readers.open_source`).
+    visit : callable, optional
+        Receives each learned canonical tensor part; fingerprinting hooks in here
+        so the weights are read only once.
+    progress : callable, optional
+        ``progress(bytes_done, bytes_total)`` after each tensor.
+    """
+    source = path if isinstance(path, WeightSource) else open_source(path)
+    infos = read_header(source)
+    config = source.config or {}
+    family = detect_family(config, infos)
+    warnings: list[str] = []
+    records: list[TensorRecord] = []
+    total = sum(i.size_bytes for i in infos.values())
+    done = 0
+    model_hash = hashlib.sha256()
+    for name, tensor in iter_tensors(source, infos):
+        a = assign_role(name, family)
+        stats = tensor_statistics(tensor)
+        digest = tensor_digest(tensor)
+        info = infos[name]
+        records.append(
+            TensorRecord(
+                name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest,
+                stats.mean, stats.std, stats.kurtosis, stats.distinct_values, stats.sample_size,
+            )
+        )
+        if visit is not None and a.learned and a.role != "other":
+            for role, part in canonical_parts(a, tensor, family=family, config=config).items():
+                visit(role, a.block, a.part, part)
+        elif visit is not None and a.learned and family == "unknown" and tensor.ndim == 2:
+            visit("other", a.block, a.part, tensor)
+        done += info.size_bytes
+        if progress is not None:
+            progress(done, total)
+    for r in sorted(records, key=lambda r: r.name):
+        model_hash.update(f"{r.name}\0{r.digest}\n".encode())
+    learned = [r for r in records if r.part != "buffer"]
+    buffers = [r.name for r in records if r.part == "buffer"]
+    if buffers:
+        warnings.append(f"{len(buffers)} fixed buffer(s) not learned, excluded from evidence: {', '.join(buffers[:3])}")
+    if family == "unknown":
+        warnings.append(
+            f"unknown architecture (model_type={config.get('model_type')!r}): "
+            "tensors indexed with role 'other', 2-D tensors compared by shape"
+        )
+    roles = Counter(r.role for r in learned)
+    embed = next((r for r in learned if r.role == "embed.tokens" and r.part == "weight"), None)
+    mlp = next((r for r in learned if r.role in ("mlp.up", "mlp.in", "mlp.gate") and r.part == "weight"), None)
+    blocks = [r.block for r in learned if r.block is not None and r.role != "other"]
+    dtype_counts = Counter(r.dtype for r in learned)
+    hidden = _first(config, "hidden_size", "n_embd", "d_model") or (embed.shape[1] if embed else None)
+    mlp_width = _first(config, "intermediate_size", "n_inner")
+    if mlp_width is None and mlp is not None:
+        mlp_width = mlp.shape[1] if family == "gpt2" else mlp.shape[0]
+    if "mlp.gate_up" in roles and mlp_width is None and mlp is not None:
+        mlp_width = mlp.shape[0] // 2
+    archs = config.get("architectures")
+    return ModelScan(
+        source=source,
+        family=family,
+        architecture=archs[0] if isinstance(archs, list) and archs else None,
+        model_type=config.get("model_type"),
+        num_blocks=(max(blocks) + 1) if blocks else _first(config, "num_hidden_layers", "n_layer"),
+        hidden_size=hidden,
+        mlp_width=mlp_width,
+        vocab_size=_first(config, "vocab_size") or (embed.shape[0] if embed else None),
+        num_parameters=sum(_numel(r.shape) for r in learned),
+        dtype=dtype_counts.most_common(1)[0][0] if dtype_counts else None,
+        content_digest=model_hash.hexdigest(),
+        declared_base_models=_declared_bases(Path(source.root) if Path(source.root).is_dir() else Path(source.root).parent),
+        tensors=tuple(records),
+        warnings=tuple(warnings),
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

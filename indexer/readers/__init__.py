@@ -1,0 +1,171 @@
+"""Weight readers: find a model's weight files and read them lazily.
+
+A *model* is a folder in Hugging Face snapshot layout (``config.json`` plus
+``model.safetensors``, safetensors shards with ``model.safetensors.index.json``,
+or ``pytorch_model.bin`` / its shards), a Hugging Face cache repo folder
+(``models--org--name``, resolved to the snapshot ``refs/main`` points at), or a
+single ``.safetensors`` / ``.bin`` file. Every format offers the same two verbs:
+:func:`read_header` (no tensor bytes) and :func:`iter_tensors` (one at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ...registry.errors import UnreadableWeightsError, UnsupportedFormatError
+from . import safetensors as _st
+from . import torch_bin as _bin
+from ._common import SAFETENSORS_DTYPES, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["WeightSource", "TensorInfo", "SAFETENSORS_DTYPES", "open_source", "read_header", "iter_tensors"]
+
+_INDEXES = {
+    "model.safetensors.index.json": "safetensors",
+    "pytorch_model.bin.index.json": "bin",
+}
+_SINGLES = {"model.safetensors": "safetensors", "pytorch_model.bin": "bin"}
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a model's weights are: its folder, files, format and config."""
+
+    root: str
+    format: str  # "safetensors" | "bin"
+    files: tuple[str, ...]
+    sharded: bool
+    config: dict[str, Any] | None
+
+    @property
+    def default_name(self) -> str:
+        """The folder's name, or the file's stem for a single file."""
+        p = Path(self.root)
+        if p.is_file():
+            return p.stem
+        if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+            return p.parent.parent.name.removeprefix("models--").replace("--", "/")
+        return p.name
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(f) for f in self.files)
+
+
+def _resolve_cache_repo(path: Path) -> Path:
+    """``models--org--name`` -> the snapshot its ``refs/main`` names (or the only one)."""
+    snapshots = path / "snapshots"
+    ref = path / "refs" / "main"
+    if ref.is_file():
+        snap = snapshots / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    found = sorted(p for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    raise UnsupportedFormatError(
+        path, f"Hugging Face cache folder with {len(found)} snapshots and no refs/main; pass a snapshot folder"
+    )
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableWeightsError(cfg, f"config.json is not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _shards(index_path: Path) -> tuple[str, ...]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UnreadableWeightsError(index_path, f"shard index has no readable weight_map ({exc})") from None
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        f = index_path.parent / shard
+        if not f.is_file():
+            raise UnreadableWeightsError(
+                f, f"shard listed in {index_path.name} is missing: re-download the model or its shard"
+            )
+        files.append(str(f))
+    return tuple(files)
+
+
+def open_source(path: str | os.PathLike) -> WeightSource:
+    """Locate a model's weight files and config.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    UnsupportedFormatError
+        When it holds no weights in a readable format (an empty folder).
+    UnreadableWeightsError
+        When a shard index is broken or names a missing shard.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_file():
+        fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
+        if fmt is None:
+            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors or .bin)")
+        return WeightSource(str(p), fmt, (str(p),), False, _read_config(p.parent))
+    if p.name.startswith("models--") and (p / "snapshots").is_dir():
+        p = _resolve_cache_repo(p)
+    config = _read_config(p)
+    for index, fmt in _INDEXES.items():
+        if (p / index).is_file():
+            return WeightSource(str(p), fmt, _shards(p / index), True, config)
+    for single, fmt in _SINGLES.items():
+        if (p / single).is_file():
+            return WeightSource(str(p), fmt, (str(p / single),), False, config)
+    loose = sorted(str(f) for f in p.glob("*.safetensors"))
+    if loose:
+        return WeightSource(str(p), "safetensors", tuple(loose), len(loose) > 1, config)
+    raise UnsupportedFormatError(
+        p,
+        "no weights found (looked for model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors)",
+    )
+
+
+def _module(fmt: str):
+    return _st if fmt == "safetensors" else _bin
+
+
+def read_header(source: WeightSource) -> dict[str, TensorInfo]:
+    """Every tensor of the model with dtype, shape and file, validated, no tensor bytes read."""
+    reader = _module(source.format)
+    out: dict[str, TensorInfo] = {}
+    for f in source.files:
+        for name, info in reader.read_header(f).items():
+            if name in out:
+                raise UnreadableWeightsError(f, f"tensor also stored in {out[name].file}", tensor=name)
+            out[name] = info
+    if not out:
+        raise UnreadableWeightsError(source.root, "the weight files hold no tensors")
+    return out
+
+
+def iter_tensors(
+    source: WeightSource, infos: dict[str, TensorInfo] | None = None
+) -> Iterator[tuple[str, "torch.Tensor"]]:
+    """Yield ``(name, tensor)`` for every tensor, file by file, one tensor in memory at a time."""
+    infos = infos if infos is not None else read_header(source)
+    by_file: dict[str, list[str]] = {}
+    for info in infos.values():
+        by_file.setdefault(info.file, []).append(info.name)
+    reader = _module(source.format)
+    for f, names in by_file.items():
+        yield from reader.iter_tensors(f, names)

@@ -1,0 +1,161 @@
+"""Input checks shared by the public functions of :mod:`mothertree.lineage`.
+
+Every public function checks its inputs here before computing anything, and
+raises a plain :class:`ValueError` or :class:`TypeError` whose message says
+what was expected and what arrived ("expected X, got Y").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_matrix",
+    "check_same_shape",
+    "check_same_columns",
+    "check_alpha",
+    "check_positive_int",
+    "check_optional_positive_int",
+    "check_choice",
+    "check_log10_p",
+    "check_rng",
+    "check_weight_map",
+    "json_float",
+]
+
+
+def check_matrix(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a finite float32 2-D tensor, or raise.
+
+    Accepts a :class:`torch.Tensor` or a :class:`numpy.ndarray`; anything else
+    is a :class:`TypeError`. Rows and columns must both be non-empty.
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name}: expected a real-valued tensor, got dtype {x.dtype}")
+    x = x.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+    return x
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    """Raise when two matrices differ in shape."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{names[0]} and {names[1]}: expected the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_same_columns(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    """Raise when two matrices differ in their number of columns (the compared axis)."""
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]}: expected the same number of columns, "
+            f"got {a.shape[1]} and {b.shape[1]}"
+        )
+
+
+def check_alpha(alpha: Any) -> float:
+    """Return ``alpha`` as a float in (0, 1), or raise."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha: expected a float in (0, 1), got {type(alpha).__name__}")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha: expected a float in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def check_positive_int(n: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``n`` as an int ``>= minimum``, or raise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(n).__name__}")
+    if int(n) < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {n}")
+    return int(n)
+
+
+def check_optional_positive_int(n: Any, name: str, *, minimum: int = 1) -> int | None:
+    """Like :func:`check_positive_int`, but ``None`` passes through."""
+    return None if n is None else check_positive_int(n, name, minimum=minimum)
+
+
+def check_choice(value: Any, name: str, options: Iterable[str]) -> str:
+    """Return ``value`` when it is one of ``options``, or raise."""
+    options = tuple(options)
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def check_log10_p(values: Any, name: str = "p_values_log10") -> np.ndarray:
+    """Return base-10 log p-values as a 1-D float array, or raise.
+
+    Each value must be ``<= 0`` (a p-value is at most 1) and not NaN;
+    ``-inf`` is allowed (a p-value of exactly 0).
+    """
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a sequence of floats, got {type(values).__name__}") from e
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence, got shape {arr.shape}")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name}: expected log10 p-values, got NaN")
+    if (arr > 0).any():
+        bad = float(arr[arr > 0][0])
+        raise ValueError(f"{name}: expected log10 p-values <= 0, got {bad}")
+    return arr
+
+
+def check_rng(rng: Any) -> np.random.Generator:
+    """Return a :class:`numpy.random.Generator` from ``None``, an int seed or a Generator.
+
+    ``None`` means seed 0: results are reproducible unless the caller asks otherwise.
+    """
+    if rng is None:
+        return np.random.default_rng(0)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng: expected None, an int seed or numpy.random.Generator, got {type(rng).__name__}")
+
+
+def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], torch.Tensor]:
+    """Return a WeightMap whose values are finite float32 matrices, or raise.
+
+    A WeightMap maps ``(role, block)`` to a ``[out_features, in_features]``
+    matrix; ``block`` is ``None`` for model-level tensors (embeddings, head).
+    """
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"{name}: expected a mapping (role, block) -> tensor, got {type(weights).__name__}")
+    if not weights:
+        raise ValueError(f"{name}: expected at least one tensor, got an empty mapping")
+    out: dict[tuple[str, int | None], torch.Tensor] = {}
+    for key, value in weights.items():
+        if (
+            not isinstance(key, tuple)
+            or len(key) != 2
+            or not isinstance(key[0], str)
+            or not (key[1] is None or isinstance(key[1], int))
+        ):
+            raise TypeError(f"{name}: expected keys (role: str, block: int | None), got {key!r}")
+        out[key] = check_matrix(value, f"{name}[{key[0]!r}, {key[1]!r}]")
+    return out
+
+
+def json_float(value: float) -> float | None:
+    """Return ``value`` as a JSON-safe float: NaN and infinities become ``None``."""
+    return None if math.isnan(value) or math.isinf(value) else float(value)

@@ -1,0 +1,16 @@
+"""mothertree: a model provenance registry that reads the weights.
+
+The implementation lives in four subpackages, imported one way
+(``cli -> registry -> indexer, lineage``):
+
+- :mod:`mothertree.indexer` reads weight files, maps parameter names to roles
+  and computes fingerprints;
+- :mod:`mothertree.lineage` holds the statistics (independence tests, edge
+  typing, direction, family recovery) as pure functions on tensors;
+- :mod:`mothertree.registry` owns the lineage database, the FAISS store, the
+  queries and the reports;
+- :mod:`mothertree.cli` is the ``mothertree`` command, a thin layer over
+  :mod:`mothertree.registry`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from mothertree.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Engines, sessions and migrations for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+
+from .errors import RegistryError
+
+__all__ = ["normalise_url", "make_engine", "upgrade", "downgrade", "current_revision", "head_revision"]
+
+_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalise_url(url_or_path: str) -> str:
+    """Accept a SQLAlchemy URL or a plain SQLite file path; prefer psycopg 3 for PostgreSQL."""
+    if "://" not in url_or_path:
+        return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
+    url = make_url(url_or_path)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL mode, enforced foreign keys and a busy timeout."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record) -> None:
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Apply migrations up to ``revision``; returns the revision now current."""
+    from alembic import command
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+    except Exception as exc:  # connection refused, permission, corrupt file
+        raise RegistryError(
+            f"Could not migrate the database at {engine.url.render_as_string()}: {exc}. "
+            "Check the URL given with --db or MOTHERTREE_DB."
+        ) from exc
+    return current_revision(engine)
+
+
+def downgrade(engine: Engine, revision: str) -> str | None:
+    """Revert migrations down to ``revision`` (``"base"`` drops every table)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)
+    return current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())

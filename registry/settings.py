@@ -1,0 +1,75 @@
+"""Settings as data: the only module that reads environment variables.
+
+Each :class:`Setting` has a name, a default and a help text; ``tests`` check
+that every one is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "debug"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "MOTHERTREE_HOME",
+        None,
+        "Registry home: holds the default SQLite database and the FAISS files. "
+        "Default: $XDG_DATA_HOME/mothertree (~/.local/share/mothertree).",
+    ),
+    Setting(
+        "MOTHERTREE_DB",
+        None,
+        "Database URL (sqlite:///path.db or postgresql+psycopg://...) or a plain "
+        "SQLite file path. Default: registry.db inside MOTHERTREE_HOME.",
+    ),
+    Setting("MOTHERTREE_DEVICE", "auto", "Where fingerprints are computed: auto, cpu or cuda."),
+    Setting("MOTHERTREE_DEBUG", None, "Set to 1 to print tracebacks instead of one-line errors."),
+    Setting(
+        "MOTHERTREE_TEST_POSTGRES_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        "PostgreSQL server the test suite runs against (tests only).",
+    ),
+    Setting(
+        "MOTHERTREE_ZOO_DIR",
+        None,
+        "Cache folder of the synthetic model zoo used by tests, benchmarks and the demo.",
+    ),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def get(name: str) -> str | None:
+    """Return a setting's value from the environment, or its default."""
+    setting = _BY_NAME[name]
+    value = os.environ.get(name)
+    return value if value not in (None, "") else setting.default
+
+
+def registry_home() -> Path:
+    """The registry home folder (not created here)."""
+    home = get("MOTHERTREE_HOME")
+    if home:
+        return Path(home).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "mothertree"
+
+
+def default_db_url() -> str:
+    """Database URL from ``MOTHERTREE_DB``, else an SQLite file in the registry home."""
+    return get("MOTHERTREE_DB") or f"sqlite:///{registry_home() / 'registry.db'}"
+
+
+def debug() -> bool:
+    return get("MOTHERTREE_DEBUG") not in (None, "", "0")
