@@ -1,1 +1,11 @@
-def main(): pass
+"""The ``mothertree`` command: a thin typer layer over :mod:`mothertree.registry`."""
+
+from ._app import app
+from . import db, models  # noqa: F401  (register commands)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

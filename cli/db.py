@@ -1,0 +1,60 @@
+"""``db upgrade`` / ``db downgrade`` / ``db current``: schema migrations by hand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._app import app
+from ._options import JsonOpt
+from ._output import state
+
+db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _open(ctx: typer.Context, json_: bool):
+    st = state(ctx, json_)
+    from ..registry import Registry
+
+    st._registry = Registry(st.db, upgrade=False)
+    return st
+
+
+@db_app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    json_: JsonOpt = False,
+) -> None:
+    """Apply migrations up to REVISION. In Python: Registry(url).upgrade(revision)."""
+    st = _open(ctx, json_)
+    with st.errors():
+        rev = st.registry().upgrade(revision)
+        st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev}"))
+
+
+@db_app.command("downgrade")
+def downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision ('base' drops every table).")],
+    json_: JsonOpt = False,
+) -> None:
+    """Revert migrations down to REVISION. In Python: Registry(url).downgrade(revision)."""
+    st = _open(ctx, json_)
+    with st.errors():
+        rev = st.registry().downgrade(revision)
+        st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev or 'base'}"))
+
+
+@db_app.command("current")
+def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Print the schema revision the database is at."""
+    st = _open(ctx, json_)
+    with st.errors():
+        from ..registry._db import current_revision, head_revision
+
+        rev = current_revision(st.registry().engine)
+        payload = {"schema_revision": rev, "head": head_revision()}
+        st.emit(payload, lambda c: c.print(f"schema at {rev or 'base'} (head {payload['head']})"))
