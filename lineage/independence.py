@@ -1,0 +1,723 @@
+"""Independence tests between two models: are their weights independent draws, or related?
+
+Null (for every test here): the two models' weights are independent, i.e.
+they were trained from independent random initializations (the same data
+or recipe still counts as independent). Rejecting it means one model is
+derived from the other or both from a common ancestor (Zhu, Ahmed,
+Kuditipudi, Liang, ICML 2025; see ``docs/method-independence.md``).
+
+Three methods, picked by :func:`independence_test`:
+
+- ``"exact"``: when both models share a residual basis (same hidden size).
+  The null's symmetry group is one permutation of each MLP block's hidden
+  units plus one permutation of the residual dimension shared by the whole
+  model. Per block, phi_U matches up-projection rows (``mlp.in`` for
+  non-GLU) and the aligned statistic ``S`` compares them by index; both are
+  under that block's permutation, so they are Bonferroni-combined. One
+  residual test matches residual dimensions on the concatenated embedding
+  and attention features. Given the residual permutation the block p-values
+  are independent uniforms, and the residual statistic uses no MLP tensor,
+  so all of them are Fisher-combined.
+- ``"match"``: phi_MATCH on activations (:mod:`.robust`), robust to hidden
+  permutations, residual rotations, sign flips and width changes; empirical null.
+- ``"permtest"``: PERMTEST for any statistic over random elements of the
+  null's symmetry group; exact, floor ``1 / (T + 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ._validation import (
+    check_alpha,
+    check_choice,
+    check_optional_positive_int,
+    check_positive_int,
+    check_rng,
+    check_weight_map,
+    json_float,
+)
+from .matching import aligned_cosine_test, bonferroni_combine, fisher_combine, unit_matching_test
+from .robust import BlockActivations, match_consistency_test, monotone_block_map
+
+__all__ = [
+    "WeightMap",
+    "BlockResult",
+    "ComponentResult",
+    "IndependenceResult",
+    "TensorEvidence",
+    "METHODS",
+    "STATISTICS",
+    "SYMMETRIC_STATISTICS",
+    "PERMUTATION_INVARIANT_STATISTICS",
+    "NULL_UNIFORM_STATISTICS",
+    "independence_test",
+    "exact_test",
+    "match_test",
+    "permutation_test",
+    "apply_null_symmetry",
+    "aligned_weight_similarity",
+    "tensor_evidence",
+]
+
+WeightMap = Mapping[tuple[str, "int | None"], torch.Tensor]
+
+METHODS: tuple[str, ...] = ("auto", "exact", "match", "permtest")
+
+#: Every statistic this package computes, by name.
+STATISTICS: frozenset[str] = frozenset(
+    {"unit_matching", "aligned_cosine", "match_consistency", "aligned_weight_similarity"}
+)
+#: Same value when the two models swap places (no unit sampling).
+SYMMETRIC_STATISTICS: frozenset[str] = frozenset(
+    {"unit_matching", "aligned_cosine", "aligned_weight_similarity"}
+)
+#: Same value when the first model's hidden units are permuted (an output-preserving change).
+PERMUTATION_INVARIANT_STATISTICS: frozenset[str] = frozenset({"match_consistency"})
+#: p-value uniform (or, for PERMTEST, super-uniform) under the null by the symmetry argument;
+#: ``match_consistency``'s null is empirical.
+NULL_UNIFORM_STATISTICS: frozenset[str] = frozenset(
+    {"unit_matching", "aligned_cosine", "aligned_weight_similarity"}
+)
+
+_LOG10_2 = math.log10(2.0)
+# Axis of each role's matrix ([out, in]) that the residual permutation moves.
+_RESIDUAL_AXIS = {
+    "embed.tokens": 1, "embed.positions": 1, "embed.token_type": 1, "head.lm": 1,
+    "attn.q": 1, "attn.k": 1, "attn.v": 1, "attn.o": 0,
+    "mlp.gate": 1, "mlp.up": 1, "mlp.in": 1, "mlp.down": 0, "mlp.out": 0,
+}
+# Axis that a block's hidden-unit permutation moves.
+_HIDDEN_AXIS = {"mlp.gate": 0, "mlp.up": 0, "mlp.in": 0, "mlp.down": 1, "mlp.out": 1}
+# Tensors the residual test reads: residual-indexed, and untouched by hidden permutations.
+_RESIDUAL_TEST_ROLES = ("embed.tokens", "embed.positions", "embed.token_type", "attn.q", "attn.k", "attn.v", "attn.o")
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The test of one block of model a against one block of model b.
+
+    Attributes
+    ----------
+    block_a, block_b : int
+    test : str
+        ``"phi_u"`` (weights) or ``"phi_match"`` (activations).
+    statistic : float
+        Spearman correlation of the matching (phi_U: with the identity;
+        phi_MATCH: between the two views' matchings).
+    p_value, p_value_log10 : float
+        The block's p-value (phi_U: Bonferroni of matching and aligned tests).
+    n_units : int
+        Units matched.
+    aligned_z : float or None
+        z of the aligned statistic (phi_U on equal shapes only).
+    kept_units : tuple of int or None
+        When widths differ: the wider block's units that the narrower block's
+        units matched (phi_U) or that both views agreed on (phi_MATCH).
+    """
+
+    block_a: int
+    block_b: int
+    test: str
+    statistic: float
+    p_value: float
+    p_value_log10: float
+    n_units: int
+    aligned_z: float | None = None
+    kept_units: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "block_a": self.block_a,
+            "block_b": self.block_b,
+            "test": self.test,
+            "statistic": json_float(self.statistic),
+            "p_value": json_float(self.p_value),
+            "p_value_log10": json_float(self.p_value_log10),
+            "n_units": self.n_units,
+            "aligned_z": None if self.aligned_z is None else json_float(self.aligned_z),
+            "kept_units": self.kept_units,
+        }
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    """One sub-test whose p-value entered the combined result.
+
+    ``name`` is ``"phi_u"``, ``"residual"``, ``"phi_match"`` or ``"permtest"``.
+    """
+
+    name: str
+    statistic: float
+    p_value: float
+    p_value_log10: float
+    null: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "statistic": json_float(self.statistic),
+            "p_value": json_float(self.p_value),
+            "p_value_log10": json_float(self.p_value_log10),
+            "null": self.null,
+        }
+
+
+@dataclass(frozen=True)
+class IndependenceResult:
+    """The outcome of an independence test between two models.
+
+    Attributes
+    ----------
+    statistic : float
+        The combined statistic of the deciding method (Fisher's
+        ``-2 sum ln p``, or PERMTEST's statistic).
+    p_value : float
+        0.0 when it underflows: read ``p_value_log10``.
+    p_value_log10 : float
+    method : str
+        The method that decided: ``"exact"``, ``"match"`` or ``"permtest"``.
+    dependent : bool
+        ``p_value < alpha``: the null of independence is rejected.
+    alpha : float
+    null : str
+    blocks : tuple of BlockResult
+        Per-block results of the deciding method, along ``block_map``.
+    block_map : tuple of (block_a, block_b)
+    tests : tuple of ComponentResult
+        Every sub-test that was run, including a method that did not decide.
+    notes : tuple of str
+        What was not possible or how p-values were combined.
+    """
+
+    statistic: float
+    p_value: float
+    p_value_log10: float
+    method: str
+    dependent: bool
+    alpha: float
+    null: str
+    blocks: tuple[BlockResult, ...] = ()
+    block_map: tuple[tuple[int, int], ...] = ()
+    tests: tuple[ComponentResult, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "statistic": json_float(self.statistic),
+            "p_value": json_float(self.p_value),
+            "p_value_log10": json_float(self.p_value_log10),
+            "dependent": self.dependent,
+            "alpha": self.alpha,
+            "null": self.null,
+            "blocks": tuple(b.to_dict() for b in self.blocks),
+            "block_map": self.block_map,
+            "tests": tuple(t.to_dict() for t in self.tests),
+            "notes": self.notes,
+        }
+
+
+_NULL = "the two models' weights are independent (independent initializations)"
+
+
+def _result(components: list[ComponentResult], method: str, alpha: float, *, blocks=(), block_map=(),
+            notes=(), combine: str = "fisher") -> IndependenceResult:
+    lps = [c.p_value_log10 for c in components]
+    if combine == "fisher" and len(lps) > 1:
+        lp = fisher_combine(lps)
+        stat = -2.0 * math.log(10.0) * float(sum(lps))
+    else:
+        lp = bonferroni_combine(lps)
+        stat = components[int(np.argmin(lps))].statistic
+    return IndependenceResult(
+        statistic=stat, p_value=10.0**lp, p_value_log10=lp, method=method,
+        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL,
+        blocks=tuple(blocks), block_map=tuple(block_map), tests=tuple(components), notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------- exact test
+
+
+def _unit_rows(weights: Mapping[tuple[str, int | None], torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Each block's matrix whose rows are hidden units: ``mlp.up`` (GLU) else ``mlp.in``."""
+    rows: dict[int, torch.Tensor] = {}
+    for (role, block), t in weights.items():
+        if block is not None and (role == "mlp.up" or (role == "mlp.in" and (("mlp.up", block) not in weights))):
+            rows[block] = t
+    return dict(sorted(rows.items()))
+
+
+def _exact_obstacle(a: Mapping, b: Mapping) -> str | None:
+    """Why the exact test cannot run on these two WeightMaps, or ``None`` when it can."""
+    ua, ub = _unit_rows(a), _unit_rows(b)
+    if not ua or not ub:
+        return "a model has no mlp.up or mlp.in weights"
+    da = {t.shape[1] for t in ua.values()}
+    db = {t.shape[1] for t in ub.values()}
+    if len(da) != 1 or da != db:
+        return f"no shared residual basis (hidden sizes {sorted(da)} and {sorted(db)})"
+    if min(t.shape[0] for t in [*ua.values(), *ub.values()]) < 3:
+        return "an MLP block has fewer than 3 hidden units"
+    return None
+
+
+def _residual_features(a: Mapping, b: Mapping, max_features: int | None,
+                       gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``[d, features]`` matrices of each model: one row per residual dimension.
+
+    Each tensor's residual vectors are scaled to unit norm before
+    concatenation, so every tensor weighs the same; at most ``max_features``
+    coordinates per tensor, the same random ones in both models.
+    """
+    parts_a, parts_b = [], []
+    for key in sorted(set(a) & set(b), key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        role = key[0]
+        if role not in _RESIDUAL_TEST_ROLES or a[key].shape != b[key].shape:
+            continue
+        ta, tb = (a[key], b[key]) if _RESIDUAL_AXIS[role] == 0 else (a[key].T, b[key].T)
+        if max_features is not None and ta.shape[1] > max_features:
+            cols = torch.from_numpy(np.sort(gen.choice(ta.shape[1], size=max_features, replace=False)))
+            ta, tb = ta[:, cols], tb[:, cols]
+        parts_a.append(ta / ta.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        parts_b.append(tb / tb.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    if not parts_a or len({p.shape[0] for p in parts_a}) != 1 or parts_a[0].shape[0] < 3:
+        return None
+    return torch.cat(parts_a, dim=1), torch.cat(parts_b, dim=1)
+
+
+def _phi_u_block(x: torch.Tensor, y: torch.Tensor, block_a: int, block_b: int, max_units: int | None,
+                 gen: np.random.Generator) -> BlockResult:
+    m = unit_matching_test(x, y, max_units=max_units, rng=gen)
+    lp, z = m.p_value_log10, None
+    if x.shape == y.shape:
+        al = aligned_cosine_test(x, y, max_units=max_units, rng=gen)
+        lp, z = bonferroni_combine([m.p_value_log10, al.p_value_log10]), al.z
+    kept = None
+    if x.shape[0] != y.shape[0]:
+        kept = m.units_b if x.shape[0] < y.shape[0] else m.units_a
+    return BlockResult(block_a, block_b, "phi_u", m.statistic, 10.0**lp, lp, m.n_units, z, kept)
+
+
+def exact_test(
+    a: WeightMap,
+    b: WeightMap,
+    *,
+    alpha: float = 0.01,
+    max_units: int | None = None,
+    max_features: int | None = 4096,
+    rng: Any = None,
+) -> IndependenceResult:
+    """Exact test of independence when both models share a residual basis (weights only).
+
+    Null: independent initializations, whose distribution is invariant under
+    permuting each MLP block's hidden units and the residual dimension.
+
+    Equal depths pair block ``l`` with block ``l`` and Fisher-combine the
+    blocks with the residual test. Different depths test every block pair,
+    Bonferroni-correct over them (valid under any dependence) and report the
+    best monotone block map.
+
+    Parameters
+    ----------
+    a, b : WeightMap
+        ``(role, block) -> [out, in]`` float32 matrices.
+    alpha : float
+    max_units : int or None
+        Units (rows) matched per block and residual dimensions matched; the
+        test stays exact (sampled rows are still exchangeable).
+    max_features : int or None
+        Coordinates per tensor in the residual test's features.
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    IndependenceResult with ``method == "exact"``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a = {("mlp.up", i): torch.randn(32, 16, generator=g) for i in range(2)}
+    >>> b = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in a.items()}
+    >>> exact_test(a, b).dependent
+    True
+    """
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    alpha = check_alpha(alpha)
+    max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
+    max_features = check_optional_positive_int(max_features, "max_features")
+    gen = check_rng(rng)
+    obstacle = _exact_obstacle(a, b)
+    if obstacle is not None:
+        raise ValueError(f"a and b: expected models with a shared residual basis for the exact test, got {obstacle}")
+    ua, ub = _unit_rows(a), _unit_rows(b)
+    components, notes = [], []
+    residual = _residual_features(a, b, max_features, gen)
+    if residual is not None:
+        fa, fb = residual
+        m = unit_matching_test(fa, fb, max_units=max_units, rng=gen)
+        al = aligned_cosine_test(fa, fb, max_units=max_units, rng=gen)
+        lp = bonferroni_combine([m.p_value_log10, al.p_value_log10])
+        components.append(ComponentResult(
+            "residual", m.statistic, 10.0**lp, lp,
+            "residual dimensions exchangeable (matching and aligned tests, Bonferroni)"))
+    else:
+        notes.append("no embedding or attention tensor shared: residual test skipped")
+    if list(ua) == list(ub):
+        blocks = [_phi_u_block(ua[i], ub[i], i, i, max_units, gen) for i in ua]
+        block_map = tuple((i, i) for i in ua)
+        components.extend(ComponentResult("phi_u", r.statistic, r.p_value, r.p_value_log10,
+                                          f"block {r.block_a}: hidden units exchangeable") for r in blocks)
+    else:
+        grid = {(i, j): _phi_u_block(ua[i], ub[j], i, j, max_units, gen) for i in ua for j in ub}
+        matrix = np.array([[grid[i, j].p_value_log10 for j in ub] for i in ua])
+        block_map = tuple((list(ua)[i], list(ub)[j]) for i, j in monotone_block_map(matrix))
+        blocks = [grid[pair] for pair in block_map]
+        lp = bonferroni_combine(matrix.ravel())
+        components.append(ComponentResult(
+            "phi_u", float(min(r.statistic for r in grid.values())), 10.0**lp, lp,
+            f"hidden units exchangeable; Bonferroni over {matrix.size} block pairs"))
+        notes.append(f"depths differ ({len(ua)} and {len(ub)} blocks): every block pair tested")
+    return _result(components, "exact", alpha, blocks=blocks, block_map=block_map, notes=notes)
+
+
+# ---------------------------------------------------------------- phi_MATCH
+
+
+def match_test(
+    activations_a: Mapping[int, BlockActivations],
+    activations_b: Mapping[int, BlockActivations],
+    *,
+    alpha: float = 0.01,
+    max_units: int | None = None,
+    rng: Any = None,
+) -> IndependenceResult:
+    """phi_MATCH over all blocks: robust to permutations, rotations, sign flips, pruning.
+
+    Null (empirical): the two views' matchings are unrelated in every block,
+    independently across blocks, so block p-values are Fisher-combined when
+    depths match; otherwise every block pair is tested, Bonferroni-corrected,
+    and the best monotone block map is reported.
+
+    Parameters
+    ----------
+    activations_a, activations_b : mapping block -> BlockActivations
+        Each model's activations over the same input tokens.
+    alpha : float
+    max_units : int or None
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    IndependenceResult with ``method == "match"``.
+    """
+    alpha = check_alpha(alpha)
+    max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
+    gen = check_rng(rng)
+    for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
+        if not isinstance(acts, Mapping) or not acts or not all(isinstance(v, BlockActivations) for v in acts.values()):
+            raise TypeError(f"{name}: expected a non-empty mapping block -> BlockActivations, got {type(acts).__name__}")
+    ba, bb = sorted(activations_a), sorted(activations_b)
+
+    def block(i: int, j: int) -> BlockResult:
+        x, y = activations_a[i], activations_b[j]
+        r = match_consistency_test(x, y, max_units=max_units, rng=gen)
+        kept = None
+        if x.n_units != y.n_units:
+            kept = r.units_b if x.n_units < y.n_units else r.units_a
+        return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units, None, kept)
+
+    notes = []
+    if ba == bb:
+        blocks = [block(i, i) for i in ba]
+        block_map = tuple((i, i) for i in ba)
+        components = [ComponentResult("phi_match", r.statistic, r.p_value, r.p_value_log10,
+                                      f"block {r.block_a}: matchings of the two views unrelated") for r in blocks]
+    else:
+        grid = {(i, j): block(i, j) for i in ba for j in bb}
+        matrix = np.array([[grid[i, j].p_value_log10 for j in bb] for i in ba])
+        block_map = tuple((ba[i], bb[j]) for i, j in monotone_block_map(matrix))
+        blocks = [grid[pair] for pair in block_map]
+        lp = bonferroni_combine(matrix.ravel())
+        components = [ComponentResult("phi_match", float(max(r.statistic for r in grid.values())), 10.0**lp, lp,
+                                      f"matchings unrelated; Bonferroni over {matrix.size} block pairs")]
+        notes.append(f"depths differ ({len(ba)} and {len(bb)} blocks): every block pair tested")
+    return _result(components, "match", alpha, blocks=blocks, block_map=block_map, notes=notes)
+
+
+# ---------------------------------------------------------------- PERMTEST
+
+
+def apply_null_symmetry(weights: WeightMap, rng: Any = None) -> dict[tuple[str, int | None], torch.Tensor]:
+    """A random element of the null's symmetry group applied to a WeightMap.
+
+    One uniform permutation of each block's MLP hidden units (rows of
+    gate/up/in, columns of down/out) and one of the residual dimension,
+    shared by every tensor (columns of embeddings, q/k/v, gate/up/in and the
+    LM head; rows of o, down and out). Tensors of other roles are unchanged.
+    The model computes the same function up to that relabelling.
+    """
+    w = check_weight_map(weights, "weights")
+    gen = check_rng(rng)
+    residual: dict[int, torch.Tensor] = {}
+    hidden: dict[tuple[int | None, int], torch.Tensor] = {}
+
+    def perm(cache: dict, key: Any, n: int) -> torch.Tensor:
+        if key not in cache:
+            cache[key] = torch.from_numpy(gen.permutation(n))
+        return cache[key]
+
+    out = {}
+    for (role, block), t in sorted(w.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        if role in _RESIDUAL_AXIS:
+            ax = _RESIDUAL_AXIS[role]
+            t = t.index_select(ax, perm(residual, t.shape[ax], t.shape[ax]))
+        if role in _HIDDEN_AXIS:
+            ax = _HIDDEN_AXIS[role]
+            t = t.index_select(ax, perm(hidden, (block, t.shape[ax]), t.shape[ax]))
+        out[role, block] = t
+    return out
+
+
+def aligned_weight_similarity(a: WeightMap, b: WeightMap) -> float:
+    """Mean cosine between same-index rows, over every tensor the two models share with equal shape.
+
+    Higher is closer; 0 on average for independent models.
+
+    Examples
+    --------
+    >>> w = {("attn.q", 0): torch.eye(4)}
+    >>> aligned_weight_similarity(w, w)
+    1.0
+    """
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    shared = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not shared:
+        raise ValueError("a and b: expected at least one (role, block) with equal shapes in both, got none")
+    sims = [float(torch.nn.functional.cosine_similarity(a[k], b[k], dim=1).mean()) for k in shared]
+    return float(np.mean(sims))
+
+
+def permutation_test(
+    a: WeightMap,
+    b: WeightMap,
+    *,
+    statistic: Callable[[WeightMap, WeightMap], float] = aligned_weight_similarity,
+    n_permutations: int = 99,
+    alpha: float = 0.01,
+    rng: Any = None,
+) -> IndependenceResult:
+    """PERMTEST: compare ``statistic(a, b)`` with its values on randomly relabelled copies of ``a``.
+
+    Null: ``a``'s weight distribution is invariant under the symmetry group
+    of :func:`apply_null_symmetry`, and ``b`` is independent of ``a``. Then
+    ``p = (1 + #{t : stat(pi_t(a), b) >= stat(a, b)}) / (T + 1)`` is exact
+    (super-uniform), but never below ``1 / (T + 1)``.
+
+    Parameters
+    ----------
+    a, b : WeightMap
+    statistic : callable (WeightMap, WeightMap) -> float
+        Higher means more similar.
+    n_permutations : int
+        ``T``; costs ``T`` evaluations of ``statistic``.
+    alpha : float
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    IndependenceResult with ``method == "permtest"``.
+    """
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    if not callable(statistic):
+        raise TypeError(f"statistic: expected a callable (a, b) -> float, got {type(statistic).__name__}")
+    n = check_positive_int(n_permutations, "n_permutations")
+    alpha = check_alpha(alpha)
+    gen = check_rng(rng)
+    observed = float(statistic(a, b))
+    exceed = sum(float(statistic(apply_null_symmetry(a, gen), b)) >= observed for _ in range(n))
+    lp = math.log10((1 + exceed) / (n + 1))
+    comp = ComponentResult("permtest", observed, 10.0**lp, lp,
+                           f"a's weights invariant under hidden and residual permutations; T = {n}")
+    notes = [f"PERMTEST floor: p >= 1/{n + 1}"]
+    return _result([comp], "permtest", alpha, notes=notes)
+
+
+# ---------------------------------------------------------------- evidence per tensor
+
+
+@dataclass(frozen=True)
+class TensorEvidence:
+    """Whether one tensor looks shared between two models.
+
+    ``axis`` is the axis whose entries are exchangeable under the null:
+    ``"residual"`` for embeddings and attention, ``"hidden"`` for MLP tensors.
+    Each p-value is valid on its own; tensors tested under the one residual
+    permutation are not independent, so do not combine them.
+    """
+
+    role: str
+    block: int | None
+    axis: str
+    matching_statistic: float
+    matching_p_value_log10: float
+    aligned_z: float
+    aligned_p_value_log10: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "block": self.block,
+            "axis": self.axis,
+            "matching_statistic": json_float(self.matching_statistic),
+            "matching_p_value_log10": json_float(self.matching_p_value_log10),
+            "aligned_z": json_float(self.aligned_z),
+            "aligned_p_value_log10": json_float(self.aligned_p_value_log10),
+        }
+
+
+def tensor_evidence(
+    a: WeightMap, b: WeightMap, *, max_units: int | None = 1024, rng: Any = None
+) -> tuple[TensorEvidence, ...]:
+    """phi_U matching and the aligned test on every tensor pair of equal shape.
+
+    Shows which tensors two models share (e.g. embeddings and some attention
+    matrices of a model grafted from another).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> e = torch.randn(50, 8, generator=g)
+    >>> a = {("embed.tokens", None): e, ("attn.q", 0): torch.randn(8, 8, generator=g)}
+    >>> b = {("embed.tokens", None): e.clone(), ("attn.q", 0): torch.randn(8, 8, generator=g)}
+    >>> [round(t.aligned_z) > 3 for t in tensor_evidence(a, b)]
+    [False, True]
+    """
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
+    gen = check_rng(rng)
+    out = []
+    for key in sorted(set(a) & set(b), key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        role, block = key
+        if a[key].shape != b[key].shape or role not in _RESIDUAL_AXIS:
+            continue
+        axis, ax = ("hidden", _HIDDEN_AXIS[role]) if role in _HIDDEN_AXIS else ("residual", _RESIDUAL_AXIS[role])
+        x, y = (a[key], b[key]) if ax == 0 else (a[key].T, b[key].T)
+        if x.shape[0] < 3:
+            continue
+        m = unit_matching_test(x, y, max_units=max_units, rng=gen)
+        al = aligned_cosine_test(x, y, max_units=max_units, rng=gen)
+        out.append(TensorEvidence(role, block, axis, m.statistic, m.p_value_log10, al.z, al.p_value_log10))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def independence_test(
+    a: WeightMap,
+    b: WeightMap,
+    *,
+    method: str = "auto",
+    activations_a: Mapping[int, BlockActivations] | None = None,
+    activations_b: Mapping[int, BlockActivations] | None = None,
+    alpha: float = 0.01,
+    max_units: int | None = None,
+    max_features: int | None = 4096,
+    n_permutations: int = 99,
+    statistic: Callable[[WeightMap, WeightMap], float] = aligned_weight_similarity,
+    rng: Any = None,
+) -> IndependenceResult:
+    """Test whether two models' weights are independent; pick the method automatically.
+
+    Null: the two models were trained from independent initializations.
+
+    ``method="auto"`` runs the exact test when the residual bases align and
+    phi_MATCH when activations are given. When both run, the reported
+    p-value is the smaller one times 2 (Bonferroni over the two tests: a
+    permuted copy defeats the exact test but not phi_MATCH), and ``method``
+    names the test that decided.
+
+    Parameters
+    ----------
+    a, b : WeightMap
+        ``(role, block) -> [out, in]`` float32 matrices of each model.
+    method : {"auto", "exact", "match", "permtest"}
+    activations_a, activations_b : mapping block -> BlockActivations, optional
+        Both or neither; over the same input tokens.
+    alpha : float
+        Level for ``dependent``.
+    max_units : int or None
+        Hidden units sampled per block (and residual dimensions), for speed.
+    max_features : int or None
+        Coordinates per tensor in the exact residual test.
+    n_permutations : int
+        PERMTEST's ``T``.
+    statistic : callable
+        PERMTEST's statistic (higher = more similar).
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    IndependenceResult
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a = {("mlp.up", i): torch.randn(32, 16, generator=g) for i in range(2)}
+    >>> b = {("mlp.up", i): torch.randn(32, 16, generator=g) for i in range(2)}
+    >>> r = independence_test(a, b)
+    >>> r.method, r.dependent, r.notes[-1]
+    ('exact', False, 'weights-only: no forward pass available')
+    """
+    check_choice(method, "method", METHODS)
+    alpha = check_alpha(alpha)
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    if (activations_a is None) != (activations_b is None):
+        raise ValueError("activations_a and activations_b: expected both or neither, got only one")
+    has_acts = activations_a is not None
+    gen = check_rng(rng)
+    obstacle = _exact_obstacle(a, b)
+    if method == "permtest":
+        return permutation_test(a, b, statistic=statistic, n_permutations=n_permutations, alpha=alpha, rng=gen)
+    if method == "exact" or (method == "auto" and not has_acts and obstacle is None):
+        result = exact_test(a, b, alpha=alpha, max_units=max_units, max_features=max_features, rng=gen)
+        if not has_acts:
+            return _with_notes(result, ("weights-only: no forward pass available",))
+        return result
+    if method == "match" or obstacle is not None:
+        if not has_acts:
+            why = f"the exact test cannot run ({obstacle})" if obstacle else "method='match'"
+            raise ValueError(f"activations_a and activations_b: expected activations since {why}, got none")
+        result = match_test(activations_a, activations_b, alpha=alpha, max_units=max_units, rng=gen)
+        return _with_notes(result, (f"exact test not applicable: {obstacle}",)) if obstacle else result
+    exact = exact_test(a, b, alpha=alpha, max_units=max_units, max_features=max_features, rng=gen)
+    match = match_test(activations_a, activations_b, alpha=alpha, max_units=max_units, rng=gen)
+    decider = exact if exact.p_value_log10 <= match.p_value_log10 else match
+    lp = min(0.0, decider.p_value_log10 + _LOG10_2)
+    return IndependenceResult(
+        statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method=decider.method,
+        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=decider.blocks,
+        block_map=decider.block_map, tests=exact.tests + match.tests,
+        notes=decider.notes + (
+            f"exact and match both run (log10 p {exact.p_value_log10:.4g} and {match.p_value_log10:.4g}); "
+            f"p is the smaller times 2 (Bonferroni)",
+        ),
+    )
+
+
+def _with_notes(result: IndependenceResult, notes: tuple[str, ...]) -> IndependenceResult:
+    from dataclasses import replace
+
+    return replace(result, notes=result.notes + notes)

@@ -1,0 +1,179 @@
+"""Family recovery inside one family: a DAG from pairwise evidence.
+
+MoTHer builds a minimum-cost spanning arborescence (Chu-Liu/Edmonds) over
+weight distances with a kurtosis penalty. Here the penalty is the direction
+evidence of :mod:`~mothertree.lineage.direction` (``-log P(parent -> child)``),
+and two extensions make it a DAG that survives the wild:
+
+- a merge child gets every parent its merge fit names;
+- duplicates are collapsed to one representative first, then hang off it as
+  leaves, so three copies of one model do not form a chain.
+
+Siblings are not taken for parents because each sibling is closer to the
+common parent than to the other sibling, which the arborescence respects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Hashable, Mapping, Sequence
+
+import networkx as nx
+
+__all__ = ["PairEvidence", "TreeEdge", "FamilyTree", "recover_family"]
+
+#: Weight of the direction penalty relative to the mean distance (MoTHer's lambda).
+DIRECTION_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class PairEvidence:
+    """Evidence on one dependent pair; ``parent_log_odds`` > 0 favours ``a`` as the parent."""
+
+    a: Hashable
+    b: Hashable
+    distance: float
+    parent_log_odds: float
+    relation: str
+
+
+@dataclass(frozen=True)
+class TreeEdge:
+    parent: Hashable
+    child: Hashable
+    relation: str
+    direction_confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parent": self.parent, "child": self.child, "relation": self.relation, "direction_confidence": self.direction_confidence}
+
+
+@dataclass(frozen=True)
+class FamilyTree:
+    nodes: tuple[Hashable, ...]
+    edges: tuple[TreeEdge, ...]
+    roots: tuple[Hashable, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": list(self.nodes), "edges": [e.to_dict() for e in self.edges], "roots": list(self.roots)}
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
+def recover_family(
+    nodes: Sequence[Hashable],
+    pairs: Sequence[PairEvidence],
+    *,
+    merges: Mapping[Hashable, Sequence[Hashable]] | None = None,
+    representative: Mapping[Hashable, int] | None = None,
+    direction_weight: float = DIRECTION_WEIGHT,
+) -> FamilyTree:
+    """Recover the DAG of one family.
+
+    Parameters
+    ----------
+    nodes : sequence
+        The family's models.
+    pairs : sequence of PairEvidence
+        Dependent pairs with distances and direction log-odds.
+    merges : mapping, optional
+        ``child -> parents`` for models a merge fit explains.
+    representative : mapping, optional
+        Preference rank among duplicates (lower = more likely the original),
+        e.g. from creation time; defaults to node order.
+    direction_weight : float
+        Lambda of the direction penalty, in units of the mean distance.
+    """
+    if direction_weight < 0:
+        raise ValueError(f"direction_weight: expected >= 0, got {direction_weight}")
+    nodes = list(dict.fromkeys(nodes))
+    known = set(nodes)
+    for p in pairs:
+        if p.a not in known or p.b not in known:
+            raise ValueError(f"pairs: expected pairs among nodes, got ({p.a!r}, {p.b!r})")
+    merges = {c: tuple(ps) for c, ps in (merges or {}).items() if c in known}
+    rank = {n: (representative or {}).get(n, i) for i, n in enumerate(nodes)}
+
+    # 1. Collapse duplicate groups onto their representative.
+    dup = nx.Graph()
+    dup.add_nodes_from(nodes)
+    dup.add_edges_from((p.a, p.b) for p in pairs if p.relation == "duplicate")
+    rep_of: dict[Hashable, Hashable] = {}
+    dup_edges: list[TreeEdge] = []
+    for group in nx.connected_components(dup):
+        rep = min(group, key=lambda n: (rank[n], str(n)))
+        for n in group:
+            rep_of[n] = rep
+            if n != rep:
+                conf = _dup_confidence(pairs, rep, n)
+                dup_edges.append(TreeEdge(rep, n, "duplicate", conf))
+    reps = [n for n in nodes if rep_of[n] == n]
+
+    # 2. Directed costs between representatives.
+    best: dict[tuple[Hashable, Hashable], PairEvidence] = {}
+    for p in pairs:
+        a, b = rep_of[p.a], rep_of[p.b]
+        if a == b:
+            continue
+        key = (a, b) if str(a) <= str(b) else (b, a)
+        if key not in best or p.distance < best[key].distance:
+            best[key] = p
+    finite = [p.distance for p in best.values() if math.isfinite(p.distance)]
+    scale = (sum(finite) / len(finite)) if finite else 1.0
+    g = nx.DiGraph()
+    g.add_nodes_from(reps)
+    info: dict[tuple[Hashable, Hashable], tuple[str, float]] = {}
+    for p in best.values():
+        a, b = rep_of[p.a], rep_of[p.b]
+        d = p.distance if math.isfinite(p.distance) else 2 * scale + 1.0
+        for parent, child, lo in ((a, b, p.parent_log_odds), (b, a, -p.parent_log_odds)):
+            if child in merges and parent not in {rep_of[x] for x in merges[child]}:
+                continue
+            if parent in merges and child in {rep_of[x] for x in merges[parent]}:
+                continue
+            prob = _sigmoid(lo)
+            penalty = -math.log(max(prob, 1e-12))
+            g.add_edge(parent, child, weight=d + direction_weight * scale * penalty)
+            info[(parent, child)] = (p.relation, prob)
+
+    # 3. Minimum spanning arborescence per weakly connected part.
+    edges: list[TreeEdge] = []
+    roots: list[Hashable] = []
+    for comp in nx.weakly_connected_components(g):
+        sub = g.subgraph(comp)
+        if len(comp) == 1:
+            roots.extend(comp)
+            continue
+        try:
+            arb = nx.minimum_spanning_arborescence(sub, attr="weight", preserve_attrs=True)
+        except nx.NetworkXException:
+            # No arborescence exists (constraints cut every root choice): fall back to a branching.
+            arb = nx.minimum_branching(sub, attr="weight", preserve_attrs=True)
+        for u, v in arb.edges():
+            rel, prob = info[(u, v)]
+            edges.append(TreeEdge(u, v, rel, prob))
+        roots.extend(n for n in comp if arb.in_degree(n) == 0)
+
+    # 4. A merge child gets all of its parents.
+    have = {(e.parent, e.child) for e in edges}
+    for child, parents in merges.items():
+        c = rep_of[child]
+        for parent in parents:
+            p = rep_of[parent]
+            if p != c and (p, c) not in have:
+                edges.append(TreeEdge(p, c, "merge", info.get((p, c), ("merge", 0.99))[1]))
+                have.add((p, c))
+        edges = [TreeEdge(e.parent, e.child, "merge", e.direction_confidence) if e.child == c else e for e in edges]
+    roots = [r for r in roots if not any(e.child == r for e in edges)]
+    return FamilyTree(tuple(nodes), tuple(edges + dup_edges), tuple(roots))
+
+
+def _dup_confidence(pairs: Sequence[PairEvidence], rep: Hashable, n: Hashable) -> float:
+    for p in pairs:
+        if {p.a, p.b} == {rep, n}:
+            lo = p.parent_log_odds if p.a == rep else -p.parent_log_odds
+            return _sigmoid(lo)
+    return 0.5
