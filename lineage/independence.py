@@ -12,12 +12,14 @@ Three methods, picked by :func:`independence_test`:
   The null's symmetry group is one permutation of each MLP block's hidden
   units plus one permutation of the residual dimension shared by the whole
   model. Per block, phi_U matches up-projection rows (``mlp.in`` for
-  non-GLU) and the aligned statistic ``S`` compares them by index; both are
-  under that block's permutation, so they are Bonferroni-combined. One
-  residual test matches residual dimensions on the concatenated embedding
-  and attention features. Given the residual permutation the block p-values
-  are independent uniforms, and the residual statistic uses no MLP tensor,
-  so all of them are Fisher-combined.
+  non-GLU); one residual test matches residual dimensions on the
+  concatenated embedding and attention features. Given the residual
+  permutation the block p-values are independent uniforms, and the residual
+  statistic uses no MLP tensor, so all of them are Fisher-combined: exactly
+  uniform under the null. The aligned statistic ``S`` is computed on the
+  same matrices and Fisher-combined the same way; since it sees the same
+  permutations as the matching, the two combined p-values are merged by
+  Bonferroni (valid, slightly conservative).
 - ``"match"``: phi_MATCH on activations (:mod:`.robust`), robust to hidden
   permutations, residual rotations, sign flips and width changes; empirical null.
 - ``"permtest"``: PERMTEST for any statistic over random elements of the
@@ -111,11 +113,13 @@ class BlockResult:
         Spearman correlation of the matching (phi_U: with the identity;
         phi_MATCH: between the two views' matchings).
     p_value, p_value_log10 : float
-        The block's p-value (phi_U: Bonferroni of matching and aligned tests).
+        The block's p-value (phi_U: Bonferroni of the matching and aligned tests).
     n_units : int
         Units matched.
-    aligned_z : float or None
-        z of the aligned statistic (phi_U on equal shapes only).
+    matching_p_value_log10 : float
+        The matching test alone (phi_U's Spearman, or phi_MATCH).
+    aligned_z, aligned_p_value_log10 : float or None
+        The aligned statistic (phi_U on equal shapes only).
     kept_units : tuple of int or None
         When widths differ: the wider block's units that the narrower block's
         units matched (phi_U) or that both views agreed on (phi_MATCH).
@@ -128,7 +132,9 @@ class BlockResult:
     p_value: float
     p_value_log10: float
     n_units: int
+    matching_p_value_log10: float
     aligned_z: float | None = None
+    aligned_p_value_log10: float | None = None
     kept_units: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +146,10 @@ class BlockResult:
             "p_value": json_float(self.p_value),
             "p_value_log10": json_float(self.p_value_log10),
             "n_units": self.n_units,
+            "matching_p_value_log10": json_float(self.matching_p_value_log10),
             "aligned_z": None if self.aligned_z is None else json_float(self.aligned_z),
+            "aligned_p_value_log10": None if self.aligned_p_value_log10 is None
+            else json_float(self.aligned_p_value_log10),
             "kept_units": self.kept_units,
         }
 
@@ -175,8 +184,9 @@ class IndependenceResult:
     Attributes
     ----------
     statistic : float
-        The combined statistic of the deciding method (Fisher's
-        ``-2 sum ln p``, or PERMTEST's statistic).
+        The statistic of the sub-test that decided: Fisher's ``-2 sum ln p``
+        over blocks (phi_MATCH), the mean Spearman correlation (phi_U), the
+        mean aligned z, or PERMTEST's statistic.
     p_value : float
         0.0 when it underflows: read ``p_value_log10``.
     p_value_log10 : float
@@ -190,7 +200,8 @@ class IndependenceResult:
         Per-block results of the deciding method, along ``block_map``.
     block_map : tuple of (block_a, block_b)
     tests : tuple of ComponentResult
-        Every sub-test that was run, including a method that did not decide.
+        Every sub-test that was run, including those that did not decide;
+        ``notes`` says how their p-values were combined.
     notes : tuple of str
         What was not possible or how p-values were combined.
     """
@@ -295,14 +306,14 @@ def _residual_features(a: Mapping, b: Mapping, max_features: int | None,
 def _phi_u_block(x: torch.Tensor, y: torch.Tensor, block_a: int, block_b: int, max_units: int | None,
                  gen: np.random.Generator) -> BlockResult:
     m = unit_matching_test(x, y, max_units=max_units, rng=gen)
-    lp, z = m.p_value_log10, None
+    lp, z, alp = m.p_value_log10, None, None
     if x.shape == y.shape:
         al = aligned_cosine_test(x, y, max_units=max_units, rng=gen)
-        lp, z = bonferroni_combine([m.p_value_log10, al.p_value_log10]), al.z
+        lp, z, alp = bonferroni_combine([m.p_value_log10, al.p_value_log10]), al.z, al.p_value_log10
     kept = None
     if x.shape[0] != y.shape[0]:
         kept = m.units_b if x.shape[0] < y.shape[0] else m.units_a
-    return BlockResult(block_a, block_b, "phi_u", m.statistic, 10.0**lp, lp, m.n_units, z, kept)
+    return BlockResult(block_a, block_b, "phi_u", m.statistic, 10.0**lp, lp, m.n_units, m.p_value_log10, z, alp, kept)
 
 
 def exact_test(
@@ -358,34 +369,60 @@ def exact_test(
     if obstacle is not None:
         raise ValueError(f"a and b: expected models with a shared residual basis for the exact test, got {obstacle}")
     ua, ub = _unit_rows(a), _unit_rows(b)
-    components, notes = [], []
+    tests, notes = [], []
+    matching_lps, aligned_lps = [], []
     residual = _residual_features(a, b, max_features, gen)
     if residual is not None:
         fa, fb = residual
         m = unit_matching_test(fa, fb, max_units=max_units, rng=gen)
         al = aligned_cosine_test(fa, fb, max_units=max_units, rng=gen)
-        lp = bonferroni_combine([m.p_value_log10, al.p_value_log10])
-        components.append(ComponentResult(
-            "residual", m.statistic, 10.0**lp, lp,
-            "residual dimensions exchangeable (matching and aligned tests, Bonferroni)"))
+        tests.append(_component("residual_matching", m.statistic, m.p_value_log10,
+                                "residual dimensions exchangeable (matching vs identity)"))
+        tests.append(_component("residual_aligned", al.z, al.p_value_log10,
+                                "residual dimensions exchangeable (aligned cosine, normal approximation)"))
+        matching_lps.append(m.p_value_log10)
+        aligned_lps.append(al.p_value_log10)
     else:
         notes.append("no embedding or attention tensor shared: residual test skipped")
     if list(ua) == list(ub):
         blocks = [_phi_u_block(ua[i], ub[i], i, i, max_units, gen) for i in ua]
         block_map = tuple((i, i) for i in ua)
-        components.extend(ComponentResult("phi_u", r.statistic, r.p_value, r.p_value_log10,
-                                          f"block {r.block_a}: hidden units exchangeable") for r in blocks)
+        matching_lps += [r.matching_p_value_log10 for r in blocks]
+        aligned_lps += [r.aligned_p_value_log10 for r in blocks if r.aligned_p_value_log10 is not None]
+        tests.append(_component("phi_u", float(np.mean([r.statistic for r in blocks])), fisher_combine(matching_lps),
+                                "hidden units of each block and residual dimensions exchangeable (Fisher)"))
+        if aligned_lps:
+            tests.append(_component("aligned", float(np.mean([r.aligned_z or 0.0 for r in blocks])),
+                                    fisher_combine(aligned_lps),
+                                    "rows exchangeable; aligned cosine per block and residual (Fisher)"))
+        combined = [t for t in tests if t.name in ("phi_u", "aligned")]
     else:
         grid = {(i, j): _phi_u_block(ua[i], ub[j], i, j, max_units, gen) for i in ua for j in ub}
         matrix = np.array([[grid[i, j].p_value_log10 for j in ub] for i in ua])
         block_map = tuple((list(ua)[i], list(ub)[j]) for i, j in monotone_block_map(matrix))
         blocks = [grid[pair] for pair in block_map]
-        lp = bonferroni_combine(matrix.ravel())
-        components.append(ComponentResult(
-            "phi_u", float(min(r.statistic for r in grid.values())), 10.0**lp, lp,
-            f"hidden units exchangeable; Bonferroni over {matrix.size} block pairs"))
+        tests.append(_component("phi_u", float(max(r.statistic for r in grid.values())),
+                                bonferroni_combine(matrix.ravel()),
+                                f"hidden units exchangeable; Bonferroni over {matrix.size} block pairs"))
+        combined = tests[-1:]
+        if residual is not None:
+            tests.append(_component("residual", tests[0].statistic, bonferroni_combine(matching_lps + aligned_lps),
+                                    "residual dimensions exchangeable (matching and aligned, Bonferroni)"))
+            combined.append(tests[-1])
         notes.append(f"depths differ ({len(ua)} and {len(ub)} blocks): every block pair tested")
-    return _result(components, "exact", alpha, blocks=blocks, block_map=block_map, notes=notes)
+    if len(combined) > 1:
+        notes.append(f"p is Bonferroni over {', '.join(t.name for t in combined)}")
+    lp = bonferroni_combine([t.p_value_log10 for t in combined])
+    decider = min(combined, key=lambda t: t.p_value_log10)
+    return IndependenceResult(
+        statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="exact",
+        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=tuple(blocks),
+        block_map=block_map, tests=tuple(tests), notes=tuple(notes),
+    )
+
+
+def _component(name: str, statistic: float, lp: float, null: str) -> ComponentResult:
+    return ComponentResult(name, statistic, 10.0**lp, lp, null)
 
 
 # ---------------------------------------------------------------- phi_MATCH
@@ -432,7 +469,8 @@ def match_test(
         kept = None
         if x.n_units != y.n_units:
             kept = r.units_b if x.n_units < y.n_units else r.units_a
-        return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units, None, kept)
+        return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units,
+                           matching_p_value_log10=r.p_value_log10, kept_units=kept)
 
     notes = []
     if ba == bb:

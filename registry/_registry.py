@@ -7,17 +7,22 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _db
+from ._candidates import CandidatesResult, find_candidates, fingerprint_from_rows, fingerprint_rows
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary, TensorSummary
-from ._schema import Model, ModelRevision, Tensor
-from .errors import ModelNotFoundError, MothertreeError
+from ._schema import Fingerprint, Model, ModelRevision, Tensor
+from ._vectors import IndexPlan, ReindexPlan, ReindexReport, VectorStore
+from .errors import ModelNotFoundError, MothertreeError, RegistryError
 from .settings import default_db_url, registry_home
+
+if TYPE_CHECKING:
+    from ._lineage import Lineage, LineageView, PairReport, ResolveReport
 
 __all__ = ["Registry"]
 
@@ -51,6 +56,8 @@ class Registry:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if upgrade and _db.current_revision(self.engine) != _db.head_revision():
             _db.upgrade(self.engine)
+        #: FAISS indexes over the ``fingerprints`` table (checked against SQL on first use).
+        self.vectors = VectorStore(self._sessions, self.home)
 
     # -- plumbing --------------------------------------------------------
     @property
@@ -106,70 +113,92 @@ class Registry:
         name: str | None = None,
         created_at: datetime | None = None,
         progress: Progress | None = None,
+        device: str = "auto",
     ) -> IndexResult:
         """Index one model in one transaction: all its rows, or none of them.
 
-        Re-indexing unchanged weights (same content digest) is a no-op; changed
-        weights under a known name become the next revision.
+        Re-indexing unchanged weights (same content digest) is a no-op (except
+        that a model indexed before fingerprints existed gets them); changed
+        weights under a known name become the next revision. Fingerprints are
+        computed during the same single read of the weights (on ``device``),
+        stored in SQL in the same transaction, and added to the FAISS files
+        after the commit.
         """
         from ..indexer import open_source, scan_model
+        from ..indexer.fingerprints import Fingerprinter
 
         source = open_source(path)
         label = name or source.default_name
         cb = (lambda done, total: progress(label, done, total)) if progress else None
-        scan = scan_model(source, progress=cb)
+        fingerprinter = Fingerprinter(device=device, config=source.config)
+        scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
+        fingerprint = fingerprinter.finish()
+        warnings = scan.warnings + fingerprint.notes
+        removed: list[int] = []
         with self.session() as s:
             existing = s.scalar(select(Model).where(Model.name == label))
             if existing is not None and existing.content_digest == scan.content_digest:
-                return IndexResult(
+                added = []
+                if s.scalar(select(func.count()).where(Fingerprint.model_id == existing.id)) == 0:
+                    added = fingerprint_rows(existing.id, fingerprint)
+                    s.add_all(added)
+                result = IndexResult(
                     label, str(source.root), "unchanged", existing.revision,
-                    len(scan.tensors), tuple(sorted(scan.role_counts.items())), scan.warnings,
+                    len(scan.tensors), tuple(sorted(scan.role_counts.items())), warnings,
                 )
-            now = _now()
-            if existing is None:
-                model = Model(name=label, revision=1)
-                s.add(model)
-                status = "indexed"
             else:
-                model = existing
-                model.revision += 1
-                s.execute(delete(Tensor).where(Tensor.model_id == model.id))
-                status = "revised"
-            model.source = str(source.root)
-            model.file_format = source.format + ("-sharded" if source.sharded else "")
-            model.family = scan.family
-            model.architecture = scan.architecture
-            model.model_type = scan.model_type
-            model.config = source.config
-            model.num_blocks = scan.num_blocks
-            model.hidden_size = scan.hidden_size
-            model.mlp_width = scan.mlp_width
-            model.vocab_size = scan.vocab_size
-            model.num_parameters = scan.num_parameters
-            model.dtype = scan.dtype
-            model.content_digest = scan.content_digest
-            model.declared_base_models = list(scan.declared_base_models) or None
-            model.created_at = created_at or model.created_at
-            model.indexed_at = now
-            model.status = "indexed"
-            s.flush()
-            s.add(ModelRevision(
-                model_id=model.id, revision=model.revision, content_digest=scan.content_digest,
-                source=str(source.root), indexed_at=now,
-            ))
-            s.add_all(
-                Tensor(
-                    model_id=model.id, name=t.name, role=t.role, block=t.block, part=t.part,
-                    shape=list(t.shape), dtype=t.dtype, size_bytes=t.size_bytes, digest=t.digest,
-                    mean=t.mean, std=t.std, kurtosis=t.kurtosis,
-                    distinct_values=t.distinct_values, sample_size=t.sample_size,
+                now = _now()
+                if existing is None:
+                    model = Model(name=label, revision=1)
+                    s.add(model)
+                    status = "indexed"
+                else:
+                    model = existing
+                    model.revision += 1
+                    s.execute(delete(Tensor).where(Tensor.model_id == model.id))
+                    removed = VectorStore.delete_rows(s, model.id)
+                    status = "revised"
+                model.source = str(source.root)
+                model.file_format = source.format + ("-sharded" if source.sharded else "")
+                model.family = scan.family
+                model.architecture = scan.architecture
+                model.model_type = scan.model_type
+                model.config = source.config
+                model.num_blocks = scan.num_blocks
+                model.hidden_size = scan.hidden_size
+                model.mlp_width = scan.mlp_width
+                model.vocab_size = scan.vocab_size
+                model.num_parameters = scan.num_parameters
+                model.dtype = scan.dtype
+                model.content_digest = scan.content_digest
+                model.declared_base_models = list(scan.declared_base_models) or None
+                model.created_at = created_at or model.created_at
+                model.indexed_at = now
+                model.status = "indexed"
+                s.flush()
+                s.add(ModelRevision(
+                    model_id=model.id, revision=model.revision, content_digest=scan.content_digest,
+                    source=str(source.root), indexed_at=now,
+                ))
+                s.add_all(
+                    Tensor(
+                        model_id=model.id, name=t.name, role=t.role, block=t.block, part=t.part,
+                        shape=list(t.shape), dtype=t.dtype, size_bytes=t.size_bytes, digest=t.digest,
+                        mean=t.mean, std=t.std, kurtosis=t.kurtosis,
+                        distinct_values=t.distinct_values, sample_size=t.sample_size,
+                    )
+                    for t in scan.tensors
                 )
-                for t in scan.tensors
-            )
-            return IndexResult(
-                label, str(source.root), status, model.revision, len(scan.tensors),
-                tuple(sorted(scan.role_counts.items())), scan.warnings,
-            )
+                added = fingerprint_rows(model.id, fingerprint)
+                s.add_all(added)
+                result = IndexResult(
+                    label, str(source.root), status, model.revision, len(scan.tensors),
+                    tuple(sorted(scan.role_counts.items())), warnings,
+                )
+        # After the commit: a crash here leaves files the next open rebuilds from SQL.
+        self.vectors.remove(removed)
+        self.vectors.add(_vector_rows(added))
+        return result
 
     def index(
         self,
@@ -178,6 +207,7 @@ class Registry:
         name: str | None = None,
         progress: Progress | None = None,
         keep_going: bool = False,
+        device: str = "auto",
     ) -> IndexReport:
         """Index several paths. ``name`` applies only when a single path is given.
 
@@ -191,7 +221,7 @@ class Registry:
         results, errors = [], []
         for p in paths:
             try:
-                results.append(self.index_one(p, name=name, progress=progress))
+                results.append(self.index_one(p, name=name, progress=progress, device=device))
             except (MothertreeError, OSError, ValueError) as exc:
                 if not keep_going:
                     raise
@@ -237,6 +267,177 @@ class Registry:
             )
 
     def remove(self, name: str) -> None:
-        """Delete a model and everything that hangs off it, in one transaction."""
+        """Delete a model and everything that hangs off it, in one transaction.
+
+        Its fingerprint rows go in the same transaction; its FAISS vectors
+        right after the commit (a crash in between is repaired on next open).
+        """
         with self.session() as s:
-            s.delete(self._get(s, name))
+            model = self._get(s, name)
+            removed = VectorStore.delete_rows(s, model.id)
+            s.delete(model)
+        self.vectors.remove(removed)
+
+    # -- fingerprints and candidates ---------------------------------------
+    def fingerprint_path(self, path: str | os.PathLike, *, device: str = "auto") -> ModelFingerprint:
+        """Fingerprint a model folder or file without storing anything."""
+        from ..indexer.fingerprints import fingerprint_model
+
+        return fingerprint_model(path, device=device)
+
+    def candidates(
+        self,
+        model_or_path: str | os.PathLike,
+        *,
+        k: int = 10,
+        add: bool = False,
+        device: str = "auto",
+    ) -> CandidatesResult:
+        """Relatives of a model, ranked by fingerprint similarity, with block-level matches.
+
+        Parameters
+        ----------
+        model_or_path : str or path
+            A registry name, else a model folder or weight file. A path that
+            is not indexed is fingerprinted on the fly and not stored, unless
+            ``add`` (then it is indexed first, as ``mothertree index`` would).
+        k : int
+            Number of candidates.
+        add : bool
+            Index a path before querying.
+        device : {"auto", "cpu", "cuda"}
+            Where an on-the-fly fingerprint is computed.
+
+        Raises
+        ------
+        ModelNotFoundError
+            When ``model_or_path`` is neither a registry name nor an existing path.
+        RegistryError
+            When the model was indexed before fingerprints existed (run ``mothertree reindex``).
+        """
+        label = str(model_or_path)
+        with self.session() as s:
+            known = s.scalar(select(Model).where(Model.name == label))
+        if known is None and Path(model_or_path).expanduser().exists():
+            if add:
+                label = self.index_one(model_or_path, device=device).name
+            else:
+                from ..indexer import open_source
+
+                source = open_source(model_or_path)
+                query = self.fingerprint_path(source.root, device=device)
+                with self.session() as s:
+                    return find_candidates(
+                        s, self.vectors, query, name=source.default_name, exclude_model_id=None,
+                        k=k, stored=False,
+                    )
+        with self.session() as s:
+            model = self._get(s, label)
+            rows = list(s.scalars(select(Fingerprint).where(Fingerprint.model_id == model.id)))
+            if not rows:
+                raise RegistryError(
+                    f"Model '{label}' has no fingerprints (indexed before they existed). "
+                    "Compute them with: mothertree reindex"
+                )
+            return find_candidates(
+                s, self.vectors, fingerprint_from_rows(rows), name=label, exclude_model_id=model.id,
+                k=k, stored=True,
+            )
+
+    def plan_reindex(self, *, device: str = "auto") -> ReindexPlan:
+        """What :meth:`reindex` would do: models to fingerprint and indexes to rebuild."""
+        with self.session() as s:
+            has = select(Fingerprint.model_id).distinct()
+            missing = list(s.execute(
+                select(Model.name, func.coalesce(func.sum(Tensor.size_bytes), 0))
+                .outerjoin(Tensor, Tensor.model_id == Model.id)
+                .where(Model.id.not_in(has))
+                .group_by(Model.name)
+                .order_by(Model.name)
+            ))
+            counts = s.execute(
+                select(Fingerprint.kind, Fingerprint.level, Fingerprint.dim, func.count())
+                .group_by(Fingerprint.kind, Fingerprint.level, Fingerprint.dim)
+            ).all()
+        return ReindexPlan(
+            indexes=tuple(
+                IndexPlan(kind, level, int(dim), int(n), int(n) * (int(dim) * 4 + 8))
+                for kind, level, dim, n in sorted(counts)
+            ),
+            unfingerprinted=tuple(name for name, _ in missing),
+            bytes_to_read=sum(int(b) for _, b in missing),
+            device=device,
+            _execute=self._execute_reindex,
+        )
+
+    def reindex(self, *, device: str = "auto") -> ReindexReport:
+        """Fingerprint models that lack fingerprints, then rebuild every FAISS index from SQL."""
+        return self.plan_reindex(device=device).execute()
+
+    def _execute_reindex(self, plan: ReindexPlan) -> ReindexReport:
+        from ..indexer import scan_model
+        from ..indexer.fingerprints import Fingerprinter
+
+        done, problems = [], []
+        for name in plan.unfingerprinted:
+            with self.session() as s:
+                model = self._get(s, name)
+                model_id, source = model.id, model.source
+            try:
+                fingerprinter = Fingerprinter(device=plan.device, config=None)
+                from ..indexer import open_source
+
+                src = open_source(source)
+                fingerprinter = Fingerprinter(device=plan.device, config=src.config)
+                scan_model(src, visit=fingerprinter.visit)
+            except (MothertreeError, OSError, ValueError) as exc:
+                problems.append(f"{name}: not fingerprinted, its source {source} cannot be read ({exc})")
+                continue
+            with self.session() as s:
+                s.add_all(fingerprint_rows(model_id, fingerprinter.finish()))
+            done.append(name)
+        indexes = self.vectors.rebuild()
+        return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems))
+
+
+def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.ndarray"]]:
+    import numpy as np
+
+    return [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]
+
+    # -- lineage ---------------------------------------------------------
+    @property
+    def lineage(self) -> "Lineage":
+        """Independence tests, resolution and lineage queries (:class:`~._lineage.Lineage`)."""
+        from ._lineage import Lineage
+
+        if getattr(self, "_lineage", None) is None:
+            self._lineage = Lineage(self)
+        return self._lineage
+
+    def test(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01) -> "PairReport":
+        """Independence test between two models (names or paths). See :func:`lineage.independence_test`."""
+        return self.lineage.test_pair(a, b, method=method, alpha=alpha)
+
+    def resolve(self, *, full: bool = False, k: int = 10, alpha: float = 0.01, progress=None) -> "ResolveReport":
+        """Place every unresolved model in the lineage graph (``full``: re-solve everything)."""
+        return self.lineage.resolve(full=full, k=k, alpha=alpha, progress=progress)
+
+    def ancestry(self, name_or_path: str, *, progress=None) -> "LineageView":
+        """Parents up to the roots. A path not yet indexed is indexed and resolved first."""
+        with self.session() as s:
+            known = s.scalar(select(Model.id).where(Model.name == name_or_path)) is not None
+        name = name_or_path
+        if not known and Path(name_or_path).exists():
+            name = self.index_one(name_or_path).name
+            self.resolve(progress=progress)
+        return self.lineage.ancestry(name)
+
+    def descendants(self, name: str) -> "LineageView":
+        return self.lineage.descendants(name)
+
+    def family(self, name: str) -> "LineageView":
+        return self.lineage.family(name)
+
+    def tree(self, family: str | None = None) -> "LineageView":
+        return self.lineage.tree(family)

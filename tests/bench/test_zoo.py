@@ -197,10 +197,11 @@ def test_permutation_ground_truth_maps_child_units_to_parent_units(zoo: Zoo) -> 
 
 
 def _on_int8_grid(row: torch.Tensor) -> bool:
+    """Levels within 0.25 of integers: float16 storage moves a level by up to ~0.12."""
     row = row.float()
     scale = row.abs().max() / 127
     levels = row / scale
-    return bool(torch.unique(row).numel() <= 255 and (levels - levels.round()).abs().max() < 0.1)
+    return bool(torch.unique(row).numel() <= 255 and (levels - levels.round()).abs().max() < 0.25)
 
 
 @pytest.mark.parametrize("name", ["llama-a-ft-int8", "gpt2-a-ft-int8"])
