@@ -24,6 +24,11 @@ from .settings import default_db_url, registry_home
 if TYPE_CHECKING:
     from ._lineage import Lineage, LineageView, PairReport, ResolveReport
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..indexer.fingerprints import ModelFingerprint
+
 __all__ = ["Registry"]
 
 Progress = Callable[[str, int, int], None]
@@ -375,7 +380,7 @@ class Registry:
         return self.plan_reindex(device=device).execute()
 
     def _execute_reindex(self, plan: ReindexPlan) -> ReindexReport:
-        from ..indexer import scan_model
+        from ..indexer import open_source, scan_model
         from ..indexer.fingerprints import Fingerprinter
 
         done, problems = [], []
@@ -384,9 +389,6 @@ class Registry:
                 model = self._get(s, name)
                 model_id, source = model.id, model.source
             try:
-                fingerprinter = Fingerprinter(device=plan.device, config=None)
-                from ..indexer import open_source
-
                 src = open_source(source)
                 fingerprinter = Fingerprinter(device=plan.device, config=src.config)
                 scan_model(src, visit=fingerprinter.visit)

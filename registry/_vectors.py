@@ -38,9 +38,9 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -51,7 +51,7 @@ from ._schema import Fingerprint
 if TYPE_CHECKING:
     import faiss
 
-__all__ = ["VectorStore", "IndexInfo", "FLAT_LIMIT", "Key"]
+__all__ = ["VectorStore", "IndexInfo", "IndexPlan", "ReindexPlan", "ReindexReport", "FLAT_LIMIT", "Key"]
 
 #: Largest index searched exactly; beyond it, IVF.
 FLAT_LIMIT = 100_000
@@ -80,6 +80,78 @@ class IndexInfo:
             "index_type": self.index_type,
             "path": self.path,
             "size_bytes": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """One index a reindex will rebuild: its vectors and an estimate of its file size."""
+
+    kind: str
+    level: str
+    dim: int
+    vectors: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "level": self.level,
+            "dim": self.dim,
+            "vectors": self.vectors,
+            "size_bytes": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ReindexReport:
+    """What a reindex did; ``warnings`` name the models it could not fingerprint."""
+
+    indexes: tuple[IndexInfo, ...]
+    fingerprinted: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "indexes": [i.to_dict() for i in self.indexes],
+            "fingerprinted": list(self.fingerprinted),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class ReindexPlan:
+    """What a reindex would do; :meth:`execute` does it (``--dry-run`` only prints it).
+
+    Attributes
+    ----------
+    indexes : tuple of IndexPlan
+        Indexes rebuilt from the vectors already in SQL.
+    unfingerprinted : tuple of str
+        Models with no fingerprint rows (indexed before fingerprints
+        existed); their sources are read again. Fingerprints computed now
+        join the rebuilt indexes, which the estimate above does not count.
+    bytes_to_read : int
+        Weight bytes of those models.
+    device : str
+        Where their fingerprints will be computed.
+    """
+
+    indexes: tuple[IndexPlan, ...]
+    unfingerprinted: tuple[str, ...]
+    bytes_to_read: int
+    device: str
+    _execute: Callable[["ReindexPlan"], ReindexReport] = field(repr=False, compare=False)
+
+    def execute(self) -> ReindexReport:
+        return self._execute(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "indexes": [i.to_dict() for i in self.indexes],
+            "unfingerprinted": list(self.unfingerprinted),
+            "bytes_to_read": self.bytes_to_read,
+            "device": self.device,
         }
 
 

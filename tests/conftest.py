@@ -110,7 +110,7 @@ def zoo():
     """The ground-truth test zoo, cached across sessions in MOTHERTREE_ZOO_DIR or ./.zoo."""
     from mothertree.bench.zoo import build_zoo, default_zoo_dir
 
-    return build_zoo(default_zoo_dir(), preset="test")
+    return build_zoo(default_zoo_dir("test"), preset="test")
 
 
 @pytest.fixture

@@ -1,0 +1,129 @@
+"""``test``, ``resolve``, ``ancestry``, ``descendants``, ``family``, ``tree``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import _render
+from ._app import app
+from ._options import JsonOpt, ModelArg
+from ._output import state
+
+
+@app.command("test")
+def test_cmd(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="First model (name or path).")],
+    b: Annotated[str, typer.Argument(help="Second model (name or path).")],
+    method: Annotated[str, typer.Option(help="auto, exact, match or permtest.")] = "auto",
+    alpha: Annotated[float, typer.Option(help="Significance level for 'dependent'.")] = 0.01,
+    json_: JsonOpt = False,
+) -> None:
+    """Independence test between two models: log10 p under 'trained independently'. In Python: Registry.test(a, b)."""
+    with state(ctx, json_).errors() as st:
+        report = st.registry().test(a, b, method=method, alpha=alpha)
+        d = report.to_dict()
+        for n in d.get("notes", []):
+            st.warn(n)
+
+        def render(c: Console) -> None:
+            verdict = "DEPENDENT" if d["dependent"] else "no evidence of dependence"
+            c.print(f"{d['a']} vs {d['b']}: {verdict}  (log10 p = {d['p_value_log10']:.2f}, method {d['method']}, alpha {alpha})")
+            for blk in d.get("blocks", [])[:64]:
+                c.print(f"  block {blk['block_a']} ~ {blk['block_b']}: log10 p {blk['p_value_log10']:.2f}  ({blk.get('test', '')})")
+            if d.get("block_map"):
+                c.print("block map: " + ", ".join(f"{x}->{y}" for x, y in d["block_map"]))
+
+        st.emit(d, render)
+
+
+@app.command()
+def resolve(
+    ctx: typer.Context,
+    full: Annotated[bool, typer.Option("--full", help="Forget every test and edge and re-solve everything.")] = False,
+    k: Annotated[int, typer.Option("-k", help="Candidates tested per model.")] = 10,
+    alpha: Annotated[float, typer.Option(help="False discovery rate (Benjamini-Hochberg) over all tested pairs.")] = 0.01,
+    json_: JsonOpt = False,
+) -> None:
+    """Test candidate pairs of unresolved models and refresh their families. In Python: Registry.resolve()."""
+    with state(ctx, json_).errors() as st:
+        report = st.registry().resolve(full=full, k=k, alpha=alpha, progress=st.info if st.show_progress else None)
+        for w in report.warnings:
+            st.warn(w)
+        d = report.to_dict()
+        st.emit(d, lambda c: c.print(
+            f"resolved {d['models_resolved']} model(s): {d['pairs_tested']} pair(s) tested, "
+            f"{d['edges']} edge(s), {d['families']} famil(ies) (FDR alpha {alpha})"
+        ))
+
+
+def _show(ctx: typer.Context, json_: bool, call) -> None:
+    with state(ctx, json_).errors() as st:
+        view = call(st.registry()).to_dict()
+        st.emit(view, lambda c: _render.print_view(c, view))
+
+
+@app.command()
+def ancestry(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name, or a path to index and place first.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Parents of a model up to the roots, each edge with its evidence. In Python: Registry.ancestry(x)."""
+    with state(ctx, json_).errors() as st:
+        view = st.registry().ancestry(model, progress=st.info if st.show_progress else None).to_dict()
+
+        def render(c: Console) -> None:
+            if not view["edges"]:
+                c.print(f"{view['model']}: {'; '.join(view['notes']) or 'no parents'}")
+                return
+            for e in view["edges"]:
+                c.print(_render.edge_line(e))
+
+        st.emit(view, render)
+
+
+@app.command()
+def descendants(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
+    """Every model derived from MODEL. In Python: Registry.descendants(name)."""
+    _show(ctx, json_, lambda reg: reg.descendants(model))
+
+
+@app.command()
+def family(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
+    """The family (confirmed dependence component) of MODEL. In Python: Registry.family(name)."""
+    _show(ctx, json_, lambda reg: reg.family(model))
+
+
+class TreeFormat(str, Enum):
+    text = "text"
+    json = "json"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+@app.command()
+def tree(
+    ctx: typer.Context,
+    family_of: Annotated[Optional[str], typer.Option("--family", help="Only the family of this model.")] = None,
+    fmt: Annotated[TreeFormat, typer.Option("--format", help="text, json, mermaid or dot.")] = TreeFormat.text,
+    json_: JsonOpt = False,
+) -> None:
+    """The recovered family trees (a DAG: merges have several parents). In Python: Registry.tree()."""
+    st = state(ctx, json_ or fmt == TreeFormat.json)
+    with st.errors():
+        view = st.registry().tree(family_of).to_dict()
+
+        def render(c: Console) -> None:
+            if fmt == TreeFormat.mermaid:
+                print(_render.mermaid(view))
+            elif fmt == TreeFormat.dot:
+                print(_render.dot(view))
+            else:
+                _render.print_view(c, view)
+
+        st.emit(view, render)

@@ -1,0 +1,74 @@
+"""``mothertree demo``: build a small family, index it, resolve it, check it."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ._registry import Registry
+from .settings import registry_home
+
+__all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's registry, what it indexed, the recovered tree and how it scores."""
+
+    db: str
+    zoo: str
+    models: tuple[str, ...]
+    tree: dict[str, Any]
+    truth: tuple[tuple[str, str, str], ...]
+    correct_edges: int
+    true_edges: int
+
+    @property
+    def edge_accuracy(self) -> float:
+        return self.correct_edges / self.true_edges if self.true_edges else 1.0
+
+    def edge_is_right(self, parent: str, child: str) -> bool:
+        return any(p == parent and c == child for p, c, _ in self.truth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "db": self.db,
+            "zoo": self.zoo,
+            "models": list(self.models),
+            "tree": self.tree,
+            "truth": [{"parent": p, "child": c, "relation": r} for p, c, r in self.truth],
+            "correct_edges": self.correct_edges,
+            "true_edges": self.true_edges,
+            "edge_accuracy": self.edge_accuracy,
+        }
+
+
+def run_demo(workdir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> DemoResult:
+    """Build the demo zoo (cached), index it into a fresh registry and resolve its families.
+
+    No timestamps are given to the registry: direction comes from the weights alone.
+    """
+    from ..bench.zoo import build_zoo
+
+    say = progress or (lambda msg: None)
+    work = Path(workdir) if workdir else registry_home() / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    say("building the demo model family (tiny transformers, trained for seconds)...")
+    zoo = build_zoo(work / "zoo", preset="demo", progress=say)
+    db = work / "demo.db"
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(db.with_name(db.name + ".vectors"), ignore_errors=True)
+    with Registry(str(db)) as reg:
+        for m in zoo.models:
+            say(f"indexing {m.name}")
+            reg.index_one(m.path, name=m.name)
+        say("resolving families (candidates, independence tests, edge typing, direction)...")
+        reg.resolve(progress=say)
+        tree = reg.tree().to_dict()
+    truth = tuple(zoo.edges())
+    found = {(e["parent"], e["child"]) for e in tree["edges"]}
+    correct = sum((p, c) in found for p, c, _ in truth)
+    return DemoResult(str(db), str(work / "zoo"), tuple(m.name for m in zoo.models), tree, truth, correct, len(truth))
