@@ -24,7 +24,7 @@ from .roles import assign_role, detect_family
 
 __all__ = ["ForwardModel", "load_forward_model", "find_mlp_modules", "seeded_inputs"]
 
-_MLP_ROLES = frozenset({"mlp.gate", "mlp.up", "mlp.gate_up", "mlp.in", "mlp.out"})
+_MLP_ROLES = frozenset({"mlp.gate", "mlp.up", "mlp.gate_up", "mlp.down", "mlp.in", "mlp.out"})
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,7 @@ class HubClient:
         folder = next(iter(paths.values())).parent
         return folder, transferred, size
 
-    def fetch_lite(self, info: HubModelInfo, dest: Path, *, blocks: int = 3) -> tuple[int, int]:
+    def fetch_lite(self, info: HubModelInfo, dest: Path, *, blocks: int = 3) -> tuple[int, int, int]:
         """Write a partial model to ``dest``: small files, and only the tensors
         :func:`lite_tensor_names` picks, read by byte range.
 
@@ -413,6 +413,9 @@ class HubClient:
             Bytes received: small files, headers and tensor ranges.
         file_size : int
             Total size of the repo's weight files, none of which is downloaded whole.
+        num_parameters : int
+            Elements of every tensor in the headers: the whole model's size, which
+            the partial file alone would understate.
         """
         paths, transferred = self._metadata(info)
         dest.mkdir(parents=True, exist_ok=True)
@@ -454,7 +457,8 @@ class HubClient:
             fh.write(struct.pack("<Q", len(raw)) + raw)
             for c in chunks:
                 fh.write(c)
-        return transferred + reader.bytes_transferred, size
+        num_parameters = sum(_numel(m["shape"]) for _, m, _ in entries.values())
+        return transferred + reader.bytes_transferred, size, num_parameters
 
     def cached_revisions(self) -> list[CachedRevision]:
         """Every model revision in the local cache, no network: the ``refs/main`` one
@@ -488,3 +492,10 @@ class HubClient:
             f"revision {revision or 'main'} is not in the local cache at {self.cache_dir} and HF_HUB_OFFLINE is set; "
             "unset HF_HUB_OFFLINE to download it",
         )
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -401,12 +401,6 @@ class Registry:
         indexes = self.vectors.rebuild()
         return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems))
 
-
-def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.ndarray"]]:
-    import numpy as np
-
-    return [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]
-
     # -- lineage ---------------------------------------------------------
     @property
     def lineage(self) -> "Lineage":
@@ -443,3 +437,9 @@ def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.n
 
     def tree(self, family: str | None = None) -> "LineageView":
         return self.lineage.tree(family)
+
+
+def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.ndarray"]]:
+    import numpy as np
+
+    return [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]

@@ -1,0 +1,371 @@
+"""Named reports as data, and read-only ad-hoc SQL.
+
+Every report is a :class:`NamedReport`: plain SQL, portable to SQLite and
+PostgreSQL, with ``:name`` parameters that always arrive as strings (an
+empty string means "any"), so the same text serves ``mothertree report``
+and Datasette's canned queries (``datasette/metadata.json`` is generated
+from :data:`REPORTS` by :func:`datasette_metadata`).
+
+Portability notes, since they shape the SQL: ``declared_base_models`` is a
+JSON list, and SQLite and PostgreSQL unnest JSON differently, so a declared
+base is matched with ``LIKE '%"name"%'`` on the JSON text (``_`` and ``%`` in a
+model name would over-match). Booleans are compared with ``NOT x`` / ``x``,
+which both databases accept.
+
+:func:`run_sql` is read-only on both databases: one statement only, and it
+must start with ``SELECT``, ``WITH``, ``VALUES`` or ``EXPLAIN``; then the
+database itself refuses writes (``PRAGMA query_only`` on SQLite, ``SET
+TRANSACTION READ ONLY`` on PostgreSQL) and the transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Mapping
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from .errors import ReadOnlyQueryError
+
+if TYPE_CHECKING:
+    from ._registry import Registry
+
+__all__ = [
+    "ReportParam",
+    "NamedReport",
+    "QueryResult",
+    "REPORTS",
+    "get_report",
+    "run_report",
+    "run_sql",
+    "datasette_metadata",
+]
+
+
+@dataclass(frozen=True)
+class ReportParam:
+    """One ``:name`` parameter of a report; values are strings, ``""`` means "any"."""
+
+    name: str
+    help: str
+    default: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "help": self.help, "default": self.default}
+
+
+@dataclass(frozen=True)
+class NamedReport:
+    """A canned, read-only query."""
+
+    name: str
+    title: str
+    sql: str
+    params: tuple[ReportParam, ...]
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "params": [p.to_dict() for p in self.params],
+            "sql": self.sql,
+        }
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of a query, JSON-ready (timestamps as ISO-8601 strings, bytes as base64)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "rows": [list(r) for r in self.rows], "truncated": self.truncated}
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+
+_DECLARES = "COALESCE(CAST({m}.declared_base_models AS TEXT), '') LIKE '%\"' || {b}.name || '\"%'"
+
+REPORTS: tuple[NamedReport, ...] = (
+    NamedReport(
+        name="families",
+        title="Families by size",
+        sql=(
+            "SELECT fm.family_id, COUNT(*) AS members,\n"
+            "       MIN(CASE WHEN fm.is_root THEN m.name END) AS root\n"
+            "FROM family_members fm JOIN models m ON m.id = fm.model_id\n"
+            "GROUP BY fm.family_id\n"
+            "ORDER BY members DESC, fm.family_id"
+        ),
+        params=(),
+        description="Each family (connected component of proven dependence) with its member count and root.",
+    ),
+    NamedReport(
+        name="top-roots",
+        title="Roots with the most descendants",
+        sql=(
+            "WITH RECURSIVE reach(root_id, model_id) AS (\n"
+            "  SELECT parent_id, child_id FROM edges\n"
+            "  UNION\n"
+            "  SELECT r.root_id, e.child_id FROM reach r JOIN edges e ON e.parent_id = r.model_id\n"
+            ")\n"
+            "SELECT m.name AS root, COUNT(DISTINCT r.model_id) AS descendants\n"
+            "FROM reach r JOIN models m ON m.id = r.root_id\n"
+            "WHERE NOT EXISTS (SELECT 1 FROM edges p WHERE p.child_id = r.root_id)\n"
+            "GROUP BY m.name\n"
+            "ORDER BY descendants DESC, root\n"
+            "LIMIT CAST(:limit AS INTEGER)"
+        ),
+        params=(ReportParam("limit", "How many roots to list.", "20"),),
+        description="Models with no proven parent, ranked by how many models descend from them through edges.",
+    ),
+    NamedReport(
+        name="undeclared-derivatives",
+        title="Undeclared derivatives",
+        sql=(
+            "SELECT c.name AS model, p.name AS proven_parent, e.relation, e.p_value_log10,\n"
+            "       e.direction_confidence, CAST(c.declared_base_models AS TEXT) AS declared_base_models\n"
+            "FROM edges e\n"
+            "JOIN models c ON c.id = e.child_id\n"
+            "JOIN models p ON p.id = e.parent_id\n"
+            "WHERE NOT (" + _DECLARES.format(m="c", b="p") + ")\n"
+            "  AND (:parent = '' OR p.name = :parent)\n"
+            "ORDER BY p.name, c.name"
+        ),
+        params=(ReportParam("parent", "Only children of this model (empty: all)."),),
+        description="Models whose weights prove a parent (an edge) that their model card does not name.",
+    ),
+    NamedReport(
+        name="misdeclared-parents",
+        title="Mis-declared parents",
+        sql=(
+            "SELECT c.name AS model, b.name AS declared_base,\n"
+            "       CASE WHEN t.id IS NOT NULL AND NOT t.dependent THEN 'independent' ELSE 'no lineage' END\n"
+            "         AS evidence,\n"
+            "       t.p_value_log10\n"
+            "FROM models c\n"
+            "JOIN models b ON b.id <> c.id AND " + _DECLARES.format(m="c", b="b") + "\n"
+            "LEFT JOIN pair_tests t\n"
+            "  ON (t.a_id = c.id AND t.b_id = b.id) OR (t.a_id = b.id AND t.b_id = c.id)\n"
+            "WHERE (t.id IS NOT NULL AND NOT t.dependent)\n"
+            "   OR (t.id IS NULL AND c.resolved_at IS NOT NULL AND b.resolved_at IS NOT NULL\n"
+            "       AND NOT EXISTS (SELECT 1 FROM edges e\n"
+            "                       WHERE (e.parent_id = b.id AND e.child_id = c.id)\n"
+            "                          OR (e.parent_id = c.id AND e.child_id = b.id))\n"
+            "       AND NOT EXISTS (SELECT 1 FROM family_members fc\n"
+            "                       JOIN family_members fb ON fb.family_id = fc.family_id\n"
+            "                       WHERE fc.model_id = c.id AND fb.model_id = b.id))\n"
+            "ORDER BY c.name, b.name"
+        ),
+        params=(),
+        description=(
+            "Models whose card names an indexed base that the weights reject: an independence test "
+            "found them independent, or, once both were resolved, no edge and no shared family links them."
+        ),
+    ),
+    NamedReport(
+        name="relations",
+        title="Edges by relation type",
+        sql=(
+            "SELECT relation, COUNT(*) AS edges, AVG(direction_confidence) AS mean_direction_confidence\n"
+            "FROM edges\n"
+            "GROUP BY relation\n"
+            "ORDER BY edges DESC, relation"
+        ),
+        params=(),
+        description="How many proven edges of each relation (finetune, quantized, adapter, merge, ...).",
+    ),
+    NamedReport(
+        name="architectures",
+        title="Models per architecture",
+        sql=(
+            "SELECT COALESCE(architecture, family) AS architecture, COUNT(*) AS models,\n"
+            "       SUM(num_parameters) AS parameters\n"
+            "FROM models\n"
+            "GROUP BY COALESCE(architecture, family)\n"
+            "ORDER BY models DESC, architecture"
+        ),
+        params=(),
+        description="Indexed models per architecture (the config's class, else the role family).",
+    ),
+    NamedReport(
+        name="hub-status",
+        title="Hub repos not indexed",
+        sql=(
+            "SELECT repo_id, status, attempts, error, last_attempt_at\n"
+            "FROM hub_repos\n"
+            "WHERE status NOT IN ('indexed', 'lite') AND (:status = '' OR status = :status)\n"
+            "ORDER BY last_attempt_at DESC, repo_id"
+        ),
+        params=(ReportParam("status", "Only this status: failed or unsupported (empty: both)."),),
+        description="Hub repos whose last try failed or held no readable weights, with tries and the last error.",
+    ),
+    NamedReport(
+        name="hub-transfers",
+        title="Bytes fetched per hub repo",
+        sql=(
+            "SELECT repo_id, lite, bytes_transferred, file_size,\n"
+            "       CAST(bytes_transferred AS FLOAT) / NULLIF(file_size, 0) AS fraction\n"
+            "FROM hub_repos\n"
+            "WHERE status IN ('indexed', 'lite')\n"
+            "ORDER BY bytes_transferred DESC, repo_id"
+        ),
+        params=(),
+        description="What indexing each repo cost in transfer, beside its weight size (lite reads fetch a fraction).",
+    ),
+)
+
+_BY_NAME = {r.name: r for r in REPORTS}
+
+
+def get_report(name: str) -> NamedReport:
+    """The report called ``name`` (``LookupError`` naming the known ones otherwise)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise LookupError(f"No report named '{name}'. Reports: {', '.join(_BY_NAME)}") from None
+
+
+def run_report(reg: "Registry", name: str, params: Mapping[str, str] | None = None) -> QueryResult:
+    """Run a named report with ``params`` over its defaults (unknown names are refused)."""
+    report = get_report(name)
+    given = dict(params or {})
+    known = {p.name for p in report.params}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(
+            f"Report '{name}' has no parameter {', '.join(unknown)}; "
+            f"it takes: {', '.join(sorted(known)) or 'none'}"
+        )
+    values = {p.name: given.get(p.name, p.default) for p in report.params}
+    return _execute(reg, report.sql, values, max_rows=None)
+
+
+_LEADING = re.compile(r"^\s*(?:(?:--[^\n]*\n)|(?:/\*.*?\*/)|\s)*(\w+)", re.S)
+_READ_VERBS = {"select", "with", "values", "explain"}
+
+
+def _single_statement(sql: str) -> str:
+    """``sql`` without a trailing ``;``; refuses a second statement (quotes and comments honoured)."""
+    i, n, end = 0, len(sql), None
+    while i < n:
+        ch = sql[i]
+        if ch in ("'", '"'):
+            j = sql.find(ch, i + 1)
+            while j != -1 and j + 1 < n and sql[j + 1] == ch:  # doubled quote escapes itself
+                j = sql.find(ch, j + 2)
+            i = n if j == -1 else j + 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j == -1 else j + 1
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j == -1 else j + 2
+        elif ch == ";":
+            if end is None:
+                end = i
+            i += 1
+        else:
+            if end is not None and not ch.isspace():
+                raise ReadOnlyQueryError("mothertree sql runs one statement at a time; remove the second one")
+            i += 1
+    return sql if end is None else sql[:end]
+
+
+def run_sql(
+    reg: "Registry", sql: str, params: Mapping[str, str] | None = None, *, max_rows: int | None = None
+) -> QueryResult:
+    """Run one read-only statement; writes are refused by the database itself.
+
+    Raises
+    ------
+    ReadOnlyQueryError
+        For a statement that is not a query, several statements, or one the
+        database refuses as a write.
+    ValueError
+        For SQL the database rejects otherwise (syntax, unknown table).
+    """
+    statement = _single_statement(sql)
+    m = _LEADING.match(statement)
+    verb = m.group(1).lower() if m else ""
+    if verb not in _READ_VERBS:
+        raise ReadOnlyQueryError(
+            f"mothertree sql only reads: expected SELECT, WITH, VALUES or EXPLAIN, got {verb.upper() or 'nothing'}"
+        )
+    return _execute(reg, statement, dict(params or {}), max_rows=max_rows)
+
+
+def _execute(reg: "Registry", sql: str, params: dict[str, str], *, max_rows: int | None) -> QueryResult:
+    sqlite = reg.engine.dialect.name == "sqlite"
+    with reg.engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA query_only=ON")
+        else:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        try:
+            result = conn.execute(text(sql), params)
+            if not result.returns_rows:
+                raise ReadOnlyQueryError("mothertree sql only reads: the statement returned no rows")
+            columns = tuple(result.keys())
+            fetched = result.fetchmany(max_rows + 1) if max_rows is not None else result.fetchall()
+        except DBAPIError as exc:
+            orig = exc.orig
+            message = str(orig).strip().splitlines()[0] if orig is not None else str(exc)
+            if "readonly" in message.replace(" ", "").replace("-", "").lower() or "read-only" in message.lower() \
+                    or getattr(orig, "sqlstate", None) == "25006":
+                raise ReadOnlyQueryError(f"mothertree sql only reads; the database refused: {message}") from None
+            raise ValueError(f"SQL error: {message}") from None
+        finally:
+            conn.rollback()
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA query_only=OFF")
+                conn.commit()
+    truncated = max_rows is not None and len(fetched) > max_rows
+    rows = fetched[:max_rows] if truncated else fetched
+    return QueryResult(columns, tuple(tuple(_jsonable(v) for v in r) for r in rows), truncated)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, _dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=_dt.timezone.utc)
+        return v.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(v, (_dt.date, _dt.time)):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, (bytes, memoryview)):
+        return {"$base64": True, "encoded": base64.b64encode(bytes(v)).decode()}
+    return v
+
+
+def datasette_metadata(database: str = "registry") -> dict[str, Any]:
+    """Datasette metadata with every report as a canned query on ``database``
+    (the SQLite file's stem: ``datasette registry.db -m datasette/metadata.json``)."""
+    return {
+        "title": "mothertree registry",
+        "description": "Model lineage registry. Regenerate this file with: mothertree report --datasette",
+        "databases": {
+            database: {
+                "queries": {
+                    r.name: {
+                        "title": r.title,
+                        "description": r.description,
+                        "sql": r.sql,
+                        **({"params": [p.name for p in r.params]} if r.params else {}),
+                    }
+                    for r in REPORTS
+                }
+            }
+        },
+    }

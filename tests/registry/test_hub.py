@@ -1,0 +1,186 @@
+"""Hub indexing against the fake hub: crawl, resume, retries, lite reads, the offline cache."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from fakehub import fake_hub, truth  # noqa: F401  (fixtures)
+from sqlalchemy import select
+
+from mothertree.indexer.hub import HubClient
+from mothertree.registry import Registry
+from mothertree.registry._hub import RetryPolicy, crawl_hub, index_cache, index_hub, parse_repo_spec
+from mothertree.registry._schema import CrawlCursor, HubRepo, Model, Tensor
+from mothertree.registry.errors import HubError
+
+FAST = RetryPolicy(max_attempts=3, base_delay_s=0)
+
+
+def _rows(reg, cls):
+    with reg.session() as s:
+        return {getattr(r, "repo_id", None) or r.name: r for r in s.scalars(select(cls))}
+
+
+def test_parse_repo_spec():
+    assert parse_repo_spec("org/m") == ("org/m", None)
+    assert parse_repo_spec("org/m@v1.0") == ("org/m", "v1.0")
+    with pytest.raises(ValueError, match="expected REPO_ID or REPO_ID@REVISION, got 'org/m@'"):
+        parse_repo_spec("org/m@")
+
+
+def test_crawl_indexes_every_repo_with_hub_fields(registry, fake_hub, truth):
+    report = crawl_hub(registry, retry=FAST)
+    assert report.complete
+    assert report.counts == {"indexed": len(fake_hub.repos) - 1, "unsupported": 1}
+    models = _rows(registry, Model)
+    for repo_id, repo in fake_hub.repos.items():
+        if repo_id in truth.unsupported:
+            assert repo_id not in models
+            continue
+        m = models[repo_id]
+        assert (m.repo_id, m.hub_sha) == (repo_id, repo.sha)
+        assert m.created_at.replace(tzinfo=None) == repo.created_at.replace(tzinfo=None)
+        assert m.hub_last_modified.replace(tzinfo=None) == repo.last_modified.replace(tzinfo=None)
+        assert (m.declared_base_models or [None])[0] == truth.declared.get(repo_id)
+        assert m.declared_relation == (truth.relation[repo_id] if repo_id in truth.declared else None)
+    repos = _rows(registry, HubRepo)
+    assert repos["acme/tokenizer-only"].status == "unsupported"
+    assert repos["shard/llama-base-sharded"].file_size == sum(
+        len(b) for f, b in fake_hub.repos["shard/llama-base-sharded"].files.items() if f.endswith(".safetensors")
+    )
+    newest = max(r.last_modified for r in fake_hub.repos.values())
+    assert report.watermark == newest
+
+
+def test_interrupted_crawl_resumes_without_repeating_work(registry, fake_hub):
+    seen = []
+
+    def stop_after_seven(result):
+        seen.append(result.repo_id)
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        crawl_hub(registry, retry=FAST, progress=stop_after_seven)
+    with registry.session() as s:
+        cursor = s.scalar(select(CrawlCursor))
+        assert (cursor.status, cursor.watermark, cursor.repos_listed) == ("interrupted", None, 6)
+    assert len(_rows(registry, Model)) == 7  # the seventh committed before the interrupt
+
+    report = crawl_hub(registry, retry=FAST)
+    assert report.counts["skipped"] == 7
+    assert all(fake_hub.count("info", r) == 1 for r in fake_hub.repos)
+    assert set(fake_hub.downloads().values()) == {1}  # every file fetched exactly once
+    assert len(_rows(registry, Model)) == len(fake_hub.repos) - 1
+
+    requests_before = sum(fake_hub.requests.values())
+    again = crawl_hub(registry, retry=FAST)
+    assert again.results == ()  # the newest repo sits at the watermark... and is skipped by sha
+    assert sum(fake_hub.requests.values()) - requests_before == 1  # one listing page, nothing else
+
+
+def test_changed_repo_is_reindexed(registry, fake_hub):
+    crawl_hub(registry, retry=FAST, author="acme")
+    repo = fake_hub.repos["acme/llama-alt"]
+    new_sha = fake_hub.touch("acme/llama-alt", "README.md", b"# edited\n", repo.last_modified + timedelta(days=30))
+    report = crawl_hub(registry, retry=FAST, author="acme")
+    assert [(r.repo_id, r.status) for r in report.results] == [("acme/llama-alt", "unchanged")]
+    assert _rows(registry, Model)["acme/llama-alt"].hub_sha == new_sha
+
+
+def test_transient_errors_are_retried_and_recorded(registry, fake_hub):
+    fake_hub.fail("acme/llama-base", 429, times=2)
+    fake_hub.fail("acme/llama-alt", 500, times=10)
+    fake_hub.fail("gpt/gpt2-base", 503, times=1, route="resolve")
+    waits = []
+    report = crawl_hub(registry, retry=RetryPolicy(max_attempts=3, base_delay_s=0.5), sleep=waits.append,
+                       search="-")
+    by_repo = {r.repo_id: r for r in report.results}
+    assert (by_repo["acme/llama-base"].status, by_repo["acme/llama-base"].attempts) == ("indexed", 3)
+    assert (by_repo["gpt/gpt2-base"].status, by_repo["gpt/gpt2-base"].attempts) == ("indexed", 2)
+    alt = by_repo["acme/llama-alt"]
+    assert (alt.status, alt.attempts) == ("failed", 3)
+    assert "500" in alt.error
+    assert waits.count(0.0) == 2  # Retry-After: 0 on each 429
+    assert 0.5 in waits and 1.0 in waits  # exponential backoff for the 500s
+    row = _rows(registry, HubRepo)["acme/llama-alt"]
+    assert (row.status, row.attempts) == ("failed", 3)
+    # the watermark waits for the failed repo, so the next crawl lists it again
+    assert report.watermark == fake_hub.repos["acme/llama-alt"].last_modified
+
+    fake_hub.failures.clear()
+    second = crawl_hub(registry, retry=FAST, search="-")
+    assert {r.repo_id: r.status for r in second.results if r.status != "skipped"} == {"acme/llama-alt": "indexed"}
+    assert _rows(registry, HubRepo)["acme/llama-alt"].attempts == 4
+
+
+def test_index_hub_by_revision_skips_known_sha_and_records_missing(registry, fake_hub):
+    sha = fake_hub.repos["acme/llama-base"].sha
+    first = index_hub(registry, [f"acme/llama-base@{sha}", "nobody/missing"], retry=FAST)
+    assert [(r.repo_id, r.status) for r in first.results] == [("acme/llama-base", "indexed"), ("nobody/missing", "failed")]
+    assert first.results[1].error.startswith("RepositoryNotFoundError")
+    assert first.results[1].attempts == 1  # a 404 is not retried
+    again = index_hub(registry, ["acme/llama-base"], retry=FAST)
+    assert again.results[0].status == "skipped"
+    assert fake_hub.count("get", "acme/llama-base") == 3  # config, card, weights: once
+
+
+def test_lite_reads_a_fraction_by_range(registry, fake_hub):
+    report = index_hub(registry, ["zeta/llama-wide"], lite=True, blocks=1, retry=FAST)
+    r = report.results[0]
+    weights = len(fake_hub.repos["zeta/llama-wide"].files["model.safetensors"])
+    assert r.status == "lite" and r.file_size == weights
+    assert 0 < r.bytes_transferred < 0.7 * weights
+    assert fake_hub.count("get", "zeta/llama-wide") == 2  # config and card only: the weights by range
+    with registry.session() as s:
+        m = s.scalar(select(Model).where(Model.name == "zeta/llama-wide"))
+        names = set(s.scalars(select(Tensor.name).where(Tensor.model_id == m.id)))
+        assert m.status == "lite" and m.source.startswith("hf://zeta/llama-wide@")
+    assert "model.embed_tokens.weight" in names
+    assert {n.split(".")[2] for n in names if n.startswith("model.layers.")} == {"0"}
+    assert not any("norm" in n or "lm_head" in n for n in names)
+    full = Registry(f"sqlite:///{registry.home.parent / 'full.db'}")
+    index_hub(full, ["zeta/llama-wide"], retry=FAST)
+    assert full.model("zeta/llama-wide").model.num_parameters == m.num_parameters
+    full.close()
+
+
+def test_offline_uses_only_the_cache(registry, fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    crawl_hub(registry, retry=FAST, author="acme")
+    before = sum(fake_hub.requests.values())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set; use: mothertree index-cache"):
+        crawl_hub(registry, retry=FAST)
+    other = Registry(f"sqlite:///{tmp_path / 'offline.db'}")
+    report = index_cache(other)
+    assert {r.repo_id: r.status for r in report.results} == {
+        "acme/llama-base": "indexed", "acme/llama-alt": "indexed", "acme/tokenizer-only": "unsupported",
+    }
+    m = other.model("acme/llama-base").model
+    assert m.declared_base_models in (None, ())
+    assert index_hub(other, ["acme/llama-alt"]).results[0].status == "skipped"
+    with pytest.raises(HubError, match="not in the local cache"):
+        index_hub(other, ["gpt/gpt2-base"])
+    assert sum(fake_hub.requests.values()) == before
+    other.close()
+
+
+def test_a_failed_hub_update_leaves_no_model(registry, fake_hub, monkeypatch):
+    import mothertree.registry._hub as hubmod
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hubmod, "_apply_hub_fields", boom)
+    report = index_hub(registry, ["acme/llama-base"], retry=FAST)
+    assert report.results[0].status == "failed"
+    assert "acme/llama-base" not in _rows(registry, Model)
+
+
+def test_client_defaults_follow_huggingface_hub_constants(fake_hub):
+    client = HubClient()
+    assert client.endpoint == fake_hub.url
+    assert [m.repo_id for m in client.list_models(author="gpt")][-1] == "gpt/gpt2-base"
