@@ -139,14 +139,16 @@ def recover_family(
             g.add_edge(parent, child, weight=d + direction_weight * scale * penalty)
             info[(parent, child)] = (p.relation, prob)
 
-    # 3. Minimum spanning arborescence per weakly connected part.
+    # 3. Minimum spanning arborescence over everything but merge children. A
+    # merge of siblings sits close to their common parent (it is their
+    # centroid), so it must not compete to be that parent's parent.
+    merge_reps = {rep_of[c] for c in merges}
+    base = g.subgraph([n for n in reps if n not in merge_reps])
     edges: list[TreeEdge] = []
-    roots: list[Hashable] = []
-    for comp in nx.weakly_connected_components(g):
-        sub = g.subgraph(comp)
+    for comp in nx.weakly_connected_components(base):
         if len(comp) == 1:
-            roots.extend(comp)
             continue
+        sub = base.subgraph(comp)
         try:
             arb = nx.minimum_spanning_arborescence(sub, attr="weight", preserve_attrs=True)
         except nx.NetworkXException:
@@ -155,19 +157,40 @@ def recover_family(
         for u, v in arb.edges():
             rel, prob = info[(u, v)]
             edges.append(TreeEdge(u, v, rel, prob))
-        roots.extend(n for n in comp if arb.in_degree(n) == 0)
 
     # 4. A merge child gets all of its parents.
-    have = {(e.parent, e.child) for e in edges}
     for child, parents in merges.items():
         c = rep_of[child]
-        for parent in parents:
-            p = rep_of[parent]
-            if p != c and (p, c) not in have:
-                edges.append(TreeEdge(p, c, "merge", info.get((p, c), ("merge", 0.99))[1]))
-                have.add((p, c))
-        edges = [TreeEdge(e.parent, e.child, "merge", e.direction_confidence) if e.child == c else e for e in edges]
-    roots = [r for r in roots if not any(e.child == r for e in edges)]
+        for parent in dict.fromkeys(rep_of[p] for p in parents):
+            if parent != c:
+                edges.append(TreeEdge(parent, c, "merge", info.get((parent, c), ("merge", 0.99))[1]))
+
+    # 5. A model may hang below a merge child (a fine-tune of a merge) when the
+    # merge is its cheapest parent and it is not an ancestor of that merge.
+    dag = nx.DiGraph([(e.parent, e.child) for e in edges])
+    dag.add_nodes_from(reps)
+    incoming = {e.child: e for e in edges}
+    for x in reps:
+        if x in merge_reps:
+            continue
+        current = incoming.get(x)
+        cost_now = g.edges[current.parent, x]["weight"] if current is not None and g.has_edge(current.parent, x) else math.inf
+        best = None
+        for c in merge_reps:
+            if g.has_edge(c, x) and g.edges[c, x]["weight"] < cost_now and not nx.has_path(dag, x, c):
+                if best is None or g.edges[c, x]["weight"] < g.edges[best, x]["weight"]:
+                    best = c
+        if best is not None:
+            if current is not None:
+                edges.remove(current)
+                dag.remove_edge(current.parent, x)
+            rel, prob = info[(best, x)]
+            new_edge = TreeEdge(best, x, rel, prob)
+            edges.append(new_edge)
+            dag.add_edge(best, x)
+            incoming[x] = new_edge
+    children = {e.child for e in edges}
+    roots = [n for n in reps if n not in children]
     return FamilyTree(tuple(nodes), tuple(edges + dup_edges), tuple(roots))
 
 
