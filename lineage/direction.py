@@ -9,7 +9,7 @@ creation time      5.8        on the hub the parent came first in 99.7% of pairs
 structure          4.6        quantized, pruned, merged models are children (99%)
 declared base      2.2        card metadata: a prior, counted only once the
                               weights confirmed the pair dependent
-kurtosis           <= 0.6     excess kurtosis of attention output matrices falls
+kurtosis           <= 0.6     excess kurtosis of the attention matrices falls
                               during fine-tuning (MoTHer); stage-dependent, weak
 =================  =========  ==================================================
 
@@ -45,7 +45,9 @@ class DirectionSignals:
         ``"a"`` or ``"b"`` when the relation marks one side as the child
         (the quantized, pruned, merged or adapter-merged copy).
     kurtosis_a, kurtosis_b : float or None
-        Summed excess kurtosis of the attention output matrices.
+        Summed excess kurtosis of the attention matrices (q, k, v, o): MoTHer
+        uses the square attention matrices; a LoRA that leaves ``o`` untouched
+        still moves ``q`` and ``v``.
     """
 
     created_a: datetime | None = None
@@ -100,7 +102,7 @@ def orient(signals: DirectionSignals) -> Direction:
         # Relative gap through tanh: a tie says nothing, a large gap saturates at the cap.
         gap = (ka - kb) / (abs(ka) + abs(kb) + 1e-12)
         lo += KURTOSIS_MAX_LOG_ODDS * math.tanh(4 * gap)
-        reasons.append(f"higher attention-output kurtosis: {'a' if ka > kb else 'b'}")
+        reasons.append(f"higher attention kurtosis: {'a' if ka > kb else 'b'}")
     p_a = 1.0 / (1.0 + math.exp(-lo))
     parent = "a" if lo >= 0 else "b"
     return Direction(parent, max(p_a, 1 - p_a), lo, tuple(reasons))

@@ -308,7 +308,7 @@ class Lineage:
             kurt: dict[int, float] = {m: 0.0 for m in comp}
             for t in s.scalars(select(Tensor).where(Tensor.model_id.in_(comp), Tensor.part == "weight")):
                 dtypes[t.model_id].append(t.dtype)
-                if t.role == "attn.o" and t.kurtosis is not None:
+                if t.role in ("attn.q", "attn.k", "attn.v", "attn.o") and t.kurtosis is not None:
                     kurt[t.model_id] += t.kurtosis
         weights = {m: self._load(sources[m], activations=False).weights for m in comp}
         evidence: list[PairEvidence] = []
