@@ -12,3 +12,4 @@ DbOpt = Annotated[
     typer.Option("--db", help="Database URL or SQLite path (default: MOTHERTREE_DB, else the registry home)."),
 ]
 ModelArg = Annotated[str, typer.Argument(help="Model name in the registry.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where fingerprints are computed: auto, cpu or cuda.")]

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from ._app import app
-from ._options import JsonOpt, ModelArg
+from ._options import DeviceOpt, JsonOpt, ModelArg
 from ._output import state
 
 
@@ -32,6 +32,7 @@ def index(
     paths: Annotated[List[Path], typer.Argument(help="Model folders, HF cache repos or weight files.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (one path only).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Report a failing path and go on.")] = False,
+    device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Index models: roles, statistics and digests in SQL. In Python: Registry.index(paths)."""
@@ -48,7 +49,7 @@ def index(
                     tasks[label] = bar.add_task(label, total=total)
                 bar.update(tasks[label], completed=done)
 
-            report = reg.index([str(p) for p in paths], name=name, progress=progress, keep_going=keep_going)
+            report = reg.index([str(p) for p in paths], name=name, progress=progress, keep_going=keep_going, device=device)
         for r in report.results:
             for w in r.warnings:
                 st.warn(f"{r.name}: {w}")

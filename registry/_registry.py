@@ -201,8 +201,7 @@ class Registry:
                     tuple(sorted(scan.role_counts.items())), warnings,
                 )
         # After the commit: a crash here leaves files the next open rebuilds from SQL.
-        self.vectors.remove(removed)
-        self.vectors.add(_vector_rows(added))
+        self.vectors.update(add=_vector_rows(added), remove=removed)
         return result
 
     def index(
@@ -281,7 +280,7 @@ class Registry:
             model = self._get(s, name)
             removed = VectorStore.delete_rows(s, model.id)
             s.delete(model)
-        self.vectors.remove(removed)
+        self.vectors.update(remove=removed)
 
     # -- fingerprints and candidates ---------------------------------------
     def fingerprint_path(self, path: str | os.PathLike, *, device: str = "auto") -> ModelFingerprint:

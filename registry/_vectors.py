@@ -338,39 +338,42 @@ class VectorStore:
         return tuple(self.info(k) for k in self.keys())
 
     # -- writes (call after the SQL commit) -------------------------------
-    def add(self, rows: Iterable[tuple[int, str, str, np.ndarray]]) -> None:
-        """Add committed rows ``(id, kind, level, vector)`` and rewrite the touched files.
+    def update(
+        self,
+        *,
+        add: Iterable[tuple[int, str, str, np.ndarray]] = (),
+        remove: Iterable[int] = (),
+    ) -> None:
+        """Apply one committed SQL change: drop ``remove`` ids, add ``add`` rows, rewrite files.
 
-        Rows already in an index are skipped, so a retry after a partial
-        write is harmless. A file that disagrees with SQL is rebuilt instead.
+        ``add`` holds ``(id, kind, level, vector)``. Call it after the commit,
+        with everything the transaction changed, so that each touched index
+        is checked against SQL once. Rows already in an index are skipped
+        (a retry is harmless); an index that still disagrees with SQL is
+        rebuilt from it, with a warning.
         """
         import faiss
 
+        gone = np.fromiter(remove, dtype=np.int64)
         by_key: dict[Key, list[tuple[int, np.ndarray]]] = {}
-        for fid, kind, level, vec in rows:
+        for fid, kind, level, vec in add:
             by_key.setdefault((kind, level, int(vec.shape[0])), []).append((fid, vec))
-        for key, items in by_key.items():
+        keys = set(by_key)
+        if len(gone):
+            keys |= set(self._loaded) | {
+                _key_of(p) for p in (self.home.glob("*.faiss") if self.home.is_dir() else ())
+            }
+        for key in sorted(keys):
             index, verified = self._current(key)
+            if len(gone):
+                index.remove_ids(faiss.IDSelectorBatch(gone))
             have = set(_index_ids(index).tolist())
-            new = [(i, v) for i, v in items if i not in have]
+            new = [(i, v) for i, v in by_key.get(key, ()) if i not in have]
             if new:
                 vecs = np.stack([v for _, v in new]).astype(np.float32)
                 faiss.normalize_L2(vecs)
                 index.add_with_ids(vecs, np.array([i for i, _ in new], dtype=np.int64))
-            self._commit(key, index, verified, "out of step with SQL while adding")
-
-    def remove(self, ids: Iterable[int]) -> None:
-        """Drop ids (rows already deleted in SQL) from every index, and rewrite those files."""
-        import faiss
-
-        ids = np.fromiter(ids, dtype=np.int64)
-        if not len(ids):
-            return
-        on_disk = {_key_of(p) for p in (self.home.glob("*.faiss") if self.home.is_dir() else ())}
-        for key in set(self._loaded) | on_disk:
-            index, verified = self._current(key)
-            index.remove_ids(faiss.IDSelectorBatch(ids))
-            self._commit(key, index, verified, "out of step with SQL while removing")
+            self._commit(key, index, verified)
 
     def _current(self, key: Key) -> tuple["faiss.Index", bool]:
         """The in-memory index (verified), else the file or an empty index (not yet verified)."""
@@ -382,7 +385,7 @@ class VectorStore:
             index = self._build(key, np.empty(0, np.int64), np.empty((0, key[2]), np.float32))
         return index, False
 
-    def _commit(self, key: Key, index: "faiss.Index", verified: bool, why: str) -> None:
+    def _commit(self, key: Key, index: "faiss.Index", verified: bool) -> None:
         """Write ``index`` when its ids equal SQL's; rebuild from SQL when they do not.
 
         An index that was verified before this change needs only ``(count, max
@@ -396,7 +399,7 @@ class VectorStore:
             else:
                 in_step = np.array_equal(np.sort(ids), self._sql_ids(s, key))
         if not in_step:
-            self.rebuild(key, reason=why)
+            self.rebuild(key, reason="out of step with SQL after a write")
         elif _index_type(index) == "flat" and state[0] > self.flat_limit:
             self.rebuild(key)
         else:
