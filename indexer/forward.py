@@ -93,6 +93,10 @@ def load_forward_model(path: str | Path) -> ForwardModel:
     except (OSError, ValueError) as e:
         raise fail(f"config.json is not valid JSON ({e})", e) from e
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress goes to stderr; transformers' per-load bars would drown it.
+    hf_logging.disable_progress_bar()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:

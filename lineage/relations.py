@@ -247,16 +247,16 @@ def classify_relation(
     if math.isnan(dist):
         notes.append("no aligned tensors to compare")
         return RelationEvidence("unknown", 0.5, None, None, _opt(inv), qa, qb, None, None, tuple(notes))
-    if dist < _SAME:
-        return RelationEvidence("duplicate", 0.99, None, dist, _opt(inv), qa, qb, 0.0, 0.0, ("identical up to storage rounding",))
-    if not math.isnan(inv) and inv < _SAME and dist > 10 * max(inv, 1e-9):
-        notes.append("identical after undoing hidden-unit permutations")
-        return RelationEvidence("duplicate", 0.95, None, dist, inv, qa, qb, None, None, tuple(notes))
     if qa != qb:
         return RelationEvidence(
             "quantized", 0.95, "a" if qa else "b", dist, _opt(inv), qa, qb, None, None,
             (f"{'a' if qa else 'b'} lies on a low-precision grid",),
         )
+    if dist < _SAME:
+        return RelationEvidence("duplicate", 0.99, None, dist, _opt(inv), qa, qb, 0.0, 0.0, ("identical up to storage rounding",))
+    if not math.isnan(inv) and inv < _SAME and dist > 10 * max(inv, 1e-9):
+        notes.append("identical after undoing hidden-unit permutations")
+        return RelationEvidence("duplicate", 0.95, None, dist, inv, qa, qb, None, None, tuple(notes))
     pairs = _shared(a, b)
     changed = [(x, y) for x, y in pairs if float((y - x).norm()) > 1e-6 * float(x.norm())]
     changed_fraction = len(changed) / len(pairs)

@@ -25,6 +25,9 @@ __all__ = ["PairEvidence", "TreeEdge", "FamilyTree", "recover_family"]
 
 #: Weight of the direction penalty relative to the mean distance (MoTHer's lambda).
 DIRECTION_WEIGHT = 0.3
+#: Direction probability below which an edge is excluded when the family can be
+#: spanned without it (structure and timestamps reach it; kurtosis never does).
+STRICT_DIRECTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,21 @@ def recover_family(
         if len(comp) == 1:
             continue
         sub = base.subgraph(comp)
-        try:
-            arb = nx.minimum_spanning_arborescence(sub, attr="weight", preserve_attrs=True)
-        except nx.NetworkXException:
-            # No arborescence exists (constraints cut every root choice): fall back to a branching.
+        # Edges the direction evidence all but rules out (a quantized or pruned
+        # model as the parent of its full-precision source) are dropped, unless
+        # the family cannot be spanned without them.
+        strict = sub.edge_subgraph(
+            [(u, v) for u, v in sub.edges if info[(u, v)][1] >= STRICT_DIRECTION]
+        ).copy()
+        strict.add_nodes_from(comp)
+        arb = None
+        for graph in (strict, sub):
+            try:
+                arb = nx.minimum_spanning_arborescence(graph, attr="weight", preserve_attrs=True)
+                break
+            except nx.NetworkXException:
+                continue
+        if arb is None:
             arb = nx.minimum_branching(sub, attr="weight", preserve_attrs=True)
         for u, v in arb.edges():
             rel, prob = info[(u, v)]

@@ -132,9 +132,10 @@ class Lineage:
     # -- loading ---------------------------------------------------------
     def _load(self, source: str, *, activations: bool = True) -> _Loaded:
         key = source
-        if key in self._cache:
+        cached = self._cache.get(key)
+        if cached is not None and (cached.activations is not None or cached.notes or not activations):
             self._cache.move_to_end(key)
-            return self._cache[key]
+            return cached
         from ..indexer.weights import load_weight_map
 
         weights = load_weight_map(source)
@@ -308,7 +309,7 @@ class Lineage:
             kurt: dict[int, float] = {m: 0.0 for m in comp}
             for t in s.scalars(select(Tensor).where(Tensor.model_id.in_(comp), Tensor.part == "weight")):
                 dtypes[t.model_id].append(t.dtype)
-                if t.role in ("attn.q", "attn.k", "attn.v", "attn.o") and t.kurtosis is not None:
+                if t.role in ("attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv") and t.kurtosis is not None:
                     kurt[t.model_id] += t.kurtosis
         weights = {m: self._load(sources[m], activations=False).weights for m in comp}
         evidence: list[PairEvidence] = []
@@ -336,7 +337,10 @@ class Lineage:
             info[(a, b)] = (rel, direction, row)
         # Merges: a model that a least-squares mix of two relatives explains far
         # better than any single one. Parents are drawn from its nearest relatives.
-        dup = {(e.a, e.b) for e in evidence if e.relation == "duplicate"} | {(e.b, e.a) for e in evidence if e.relation == "duplicate"}
+        dup_graph = nx.Graph()
+        dup_graph.add_nodes_from(comp)
+        dup_graph.add_edges_from((e.a, e.b) for e in evidence if e.relation in ("duplicate", "quantized"))
+        group = {m: i for i, g in enumerate(nx.connected_components(dup_graph)) for m in g}
         merges: dict[int, tuple[int, int]] = {}
         merge_fits = {}
         near: dict[int, list[tuple[float, int]]] = {m: [] for m in comp}
@@ -344,13 +348,18 @@ class Lineage:
             near[e.a].append((e.distance, e.b))
             near[e.b].append((e.distance, e.a))
         for c in comp:
-            options = [m for _, m in sorted(near[c]) if (c, m) not in dup][:6]
+            # Nearest relatives, one per group of copies (duplicates and
+            # quantized copies are one parent candidate, not several).
+            options, seen_groups = [], {group[c]}
+            for _, m in sorted(near[c]):
+                if group[m] not in seen_groups:
+                    seen_groups.add(group[m])
+                    options.append(m)
+            options = options[:6]
             best = None
             for i in range(len(options)):
                 for j in range(i + 1, len(options)):
                     p1, p2 = options[i], options[j]
-                    if (p1, p2) in dup:
-                        continue
                     try:
                         fit = merge_fit(weights[c], [weights[p1], weights[p2]])
                     except ValueError:

@@ -121,7 +121,8 @@ def _root_tensors(kind: str, seed: int, hidden: int):
         )
         model = LlamaForCausalLM(cfg)
     else:
-        cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=4, vocab_size=64, n_positions=32)
+        cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
+                         bos_token_id=0, eos_token_id=0)
         model = GPT2LMHeadModel(cfg)
     tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if kind == "gpt2":  # tied head is not stored in hub files
@@ -398,7 +399,8 @@ class FakeHubServer:
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
     """A running fake hub with fresh counters; ``huggingface_hub`` points at it and
-    caches into ``tmp_path/hf`` (its constants are read at import, so they are patched)."""
+    caches into ``tmp_path/hf``. ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at
+    import, into ``ENDPOINT`` and the resolve-URL template, so both are patched."""
     from huggingface_hub import constants
 
     repos, _truth = build_repos()
@@ -407,6 +409,7 @@ def fake_hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)

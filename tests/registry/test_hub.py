@@ -65,7 +65,7 @@ def test_interrupted_crawl_resumes_without_repeating_work(registry, fake_hub):
         crawl_hub(registry, retry=FAST, progress=stop_after_seven)
     with registry.session() as s:
         cursor = s.scalar(select(CrawlCursor))
-        assert (cursor.status, cursor.watermark, cursor.repos_listed) == ("interrupted", None, 6)
+        assert (cursor.status, cursor.watermark, cursor.repos_listed) == ("interrupted", None, 7)
     assert len(_rows(registry, Model)) == 7  # the seventh committed before the interrupt
 
     report = crawl_hub(registry, retry=FAST)
