@@ -154,8 +154,15 @@ def throughput(paths: Sequence[Path], *, device: str, repeats: int = 3) -> dict:
     }
 
 
-def latency(n: int, *, dim: int, queries: int = 200, k: int = 10, seed: int = 0) -> dict:
-    """Median and p95 query time of the model-level store holding ``n`` random vectors."""
+def latency(
+    n: int, *, dim: int, queries: int = 200, k: int = 10, seed: int = 0, flat_limit: int | None = None
+) -> dict:
+    """Median and p95 query time of the model-level store holding ``n`` random vectors.
+
+    ``flat_limit`` overrides the store's exact-search limit (to time IVF at sizes below it).
+    """
+    from ..registry._vectors import FLAT_LIMIT
+
     from ..registry import Registry
     from ..registry._schema import Fingerprint, Model
 
@@ -178,10 +185,12 @@ def latency(n: int, *, dim: int, queries: int = 200, k: int = 10, seed: int = 0)
                      "vector": v.tobytes()}
                     for i, v in enumerate(vecs)
                 ])
+        reg.vectors.flat_limit = flat_limit or FLAT_LIMIT
         t0 = time.perf_counter()
         (info,) = reg.vectors.rebuild()
         build_s = time.perf_counter() - t0
         reopened = Registry(reg.url)
+        reopened.vectors.flat_limit = flat_limit or FLAT_LIMIT
         t0 = time.perf_counter()
         reopened.vectors.check()
         open_s = time.perf_counter() - t0
@@ -255,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("synthetic bf16 Llama (d=1024, 4 blocks)", throughput([big], device=device)),
         ]
     lat = [latency(n, dim=DIM) for n in args.sizes]
+    lat += [latency(n, dim=DIM, flat_limit=n - 1) for n in args.sizes if n > 1000]
     if args.json:
         print(json.dumps({"retrieval": ret, "throughput": dict(thr), "latency": lat}, indent=2))
     else:

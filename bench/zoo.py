@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPEC_VERSION",
+    "MANIFEST_NAME",
     "PRESETS",
     "RELATIONS",
     "FORMATS",
@@ -574,11 +575,7 @@ def _rebuild(parent: Any, config_changes: Mapping[str, Any], state: Mapping[str,
     """A model of the parent's class with an edited config, holding exactly ``state``."""
     config = parent.config.__class__.from_dict({**parent.config.to_dict(), **config_changes})
     child = parent.__class__(config)
-    missing, unexpected = child.load_state_dict(dict(state), strict=False)
-    # Tied GPT-2 heads are reported missing; they share storage with wte.
-    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
-    if missing or unexpected:
-        raise RuntimeError(f"rebuilt model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    child.load_state_dict(dict(state), strict=True)
     child.eval()
     return child
 
@@ -655,9 +652,7 @@ def _op_prune_blocks(r: _Recipe, size: _Size, load: _Loader) -> tuple[Any, dict[
                 state[f"{prefix}{new_index[int(block)]}.{rest}"] = v
         else:
             state[k] = v
-    changes: dict[str, Any] = {"num_hidden_layers" if r.arch == "llama" else "n_layer": len(keep)}
-    if getattr(parent.config, "layer_types", None):
-        changes["layer_types"] = [parent.config.layer_types[i] for i in keep]
+    changes = {"num_hidden_layers" if r.arch == "llama" else "n_layer": len(keep)}
     return _rebuild(parent, changes, state), {
         "relation": "pruned",
         "block_map": tuple((new, old) for new, old in enumerate(keep)),
@@ -666,7 +661,7 @@ def _op_prune_blocks(r: _Recipe, size: _Size, load: _Loader) -> tuple[Any, dict[
 
 
 def _op_prune_width(r: _Recipe, size: _Size, load: _Loader) -> tuple[Any, dict[str, Any]]:
-    """Structured magnitude pruning: keep each block's MLP units with the largest down-projection norm."""
+    """Structured magnitude pruning: keep each block's MLP units of largest down-projection norm."""
     import torch
 
     if r.arch != "llama":
@@ -845,7 +840,8 @@ def _build_environment() -> Iterator[None]:
     One thread is both faster for models this small (several threads spin
     waiting on each other, badly so on a busy machine: 10x slower measured)
     and keeps float reductions in one order, so weights do not depend on the
-    machine's core count. Everything is restored afterwards.
+    machine's core count. torch's global RNG is forked, so the caller's random
+    state is untouched. Everything is restored afterwards.
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -857,7 +853,7 @@ def _build_environment() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
@@ -897,6 +893,7 @@ def _build(
         return load_zoo(root)
 
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root)
     say = progress or (lambda _msg: None)
     on_disk: dict[str, Any] = {}
 
@@ -944,6 +941,29 @@ def _build(
     return zoo
 
 
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete half-written model folders left by builds that were killed.
+
+    A temporary folder is named after the process writing it; one whose
+    process is gone can never be finished, while a live one belongs to a
+    concurrent build and is left alone.
+    """
+    for tmp in root.glob(".tmp-*-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
 def _timestamp(index: int) -> str:
     """Synthetic creation time: one day per recipe, so parents always predate children."""
     return (_EPOCH + timedelta(days=index)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -966,7 +986,7 @@ def build_zoo(
     root : str or Path
         Folder holding one sub-folder per model plus ``manifest.json``.
     preset : {"test", "demo", "calibration", "mother", "bench"}
-        ``"test"``: the full Llama and GPT-2 families (about 23 models);
+        ``"test"``: the full Llama and GPT-2 families (23 models, 5 roots);
         ``"demo"``: the nine Llama models ``mothertree demo`` shows;
         ``"calibration"``: 10 independent Llama roots on one corpus (45 pairs);
         ``"mother"``: a 16-model Llama tree of full and LoRA fine-tunes;

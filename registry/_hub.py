@@ -45,8 +45,9 @@ __all__ = [
     "index_cache",
 ]
 
-#: Statuses of ``hub_repos`` rows that need no further work while the sha stays the same.
-DONE = ("indexed", "lite")
+#: Statuses of ``hub_repos`` rows that need no further work while the sha stays the same
+#: (a repo without readable weights stays so until a new commit).
+DONE = ("indexed", "lite", "unsupported")
 
 
 @dataclass(frozen=True)

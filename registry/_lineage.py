@@ -7,6 +7,7 @@ evidence. Everything statistical is delegated to pure functions in ``lineage``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["PairReport", "ResolveReport", "EdgeView", "LineageView", "Lineage"]
 
 Progress = Callable[[str], None]
+
+#: Largest family whose every pair is compared on weights when building its tree.
+_ALL_PAIRS_MAX = 64
 
 #: Tokens per forward pass for phi_MATCH: 8 sequences of 64 seeded random tokens.
 _N_SEQ, _SEQ_LEN = 8, 64
@@ -190,7 +194,6 @@ class Lineage:
         result = self._test_loaded(la, lb, method=method, alpha=alpha, names=(na, nb))
         notes = tuple(dict.fromkeys(la.notes + lb.notes))
         if notes and not set(notes) <= set(result.notes):
-            import dataclasses
 
             result = dataclasses.replace(result, notes=tuple(result.notes) + notes)
         return PairReport(na, nb, result)
@@ -271,16 +274,19 @@ class Lineage:
             comps = [sorted(c) for c in nx.connected_components(g)]
             pending_ids = {m.id for m in pending}
             touched = [c for c in comps if full or pending_ids & set(c)]
-            pair_rows = {(r.a_id, r.b_id): r for r in rows if r.dependent}
             fams = {}
             for comp in touched:
-                fams[tuple(comp)] = [(a, b, pair_rows[(a, b)]) for a, b in dep if a in comp]
+                members = set(comp)
+                fams[tuple(comp)] = [(r.a_id, r.b_id, r) for r in rows if r.a_id in members and r.b_id in members]
             snapshot = {mid: (m.created_at, m.declared_base_models or [], m.name) for mid, m in models.items()}
         n_edges = 0
         for comp, dep_pairs in fams.items():
             say(f"family of {names[comp[0]]}: {len(comp)} model(s)")
-            edges = self._solve_family(list(comp), dep_pairs, sources, snapshot) if len(comp) > 1 else []
+            edges, new_tests = (
+                self._solve_family(list(comp), dep_pairs, sources, snapshot, alpha) if len(comp) > 1 else ([], [])
+            )
             with self.registry.session() as s:
+                s.add_all(new_tests)
                 s.execute(delete(Edge).where(or_(Edge.child_id.in_(comp), Edge.parent_id.in_(comp))))
                 s.execute(delete(FamilyMember).where(FamilyMember.model_id.in_(comp)))
                 s.add_all(edges)
@@ -298,8 +304,15 @@ class Lineage:
             ))
         return ResolveReport(len(pending), len(todo), len(dep), total_edges, n_fam, alpha, full, tuple(warnings))
 
-    def _solve_family(self, comp, dep_pairs, sources, snapshot) -> list[Edge]:
-        """Type, orient and arrange one family's dependent pairs into edges."""
+    def _solve_family(self, comp, dep_pairs, sources, snapshot, alpha) -> tuple[list[Edge], list[PairTest]]:
+        """Type, orient and arrange one family into edges.
+
+        Membership comes from the tested pairs; inside the family every pair
+        is compared on its weights (up to :data:`_ALL_PAIRS_MAX` models), so a
+        parent is found even when retrieval never paired it with its child.
+        An edge the tests never covered is tested before it is stored.
+        Returns the edges and the pair tests run on the way.
+        """
         from ..lineage.direction import DirectionSignals, orient
         from ..lineage.relations import classify_relation, invariant_distance, merge_fit, relative_distance
         from ..lineage.tree import PairEvidence, recover_family
@@ -313,18 +326,45 @@ class Lineage:
                     kurt[t.model_id] += t.kurtosis
         weights = {m: self._load(sources[m], activations=False).weights for m in comp}
         evidence: list[PairEvidence] = []
+        signals: dict[tuple[int, int], DirectionSignals] = {}
         info: dict[tuple[int, int], tuple[Any, Any, PairTest]] = {}
-        for a, b, row in dep_pairs:
-            block_map = [tuple(x) for x in (row.details or {}).get("block_map") or []]
+        rows = {(a, b): row for a, b, row in dep_pairs}
+        new_tests: list[PairTest] = []
+
+        def row_for(a: int, b: int) -> PairTest:
+            if (a, b) not in rows:
+                la, lb = self._load(sources[a]), self._load(sources[b])
+                res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=(snapshot[a][2], snapshot[b][2]))
+                rows[(a, b)] = PairTest(
+                    a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
+                    p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
+                    details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
+                    computed_at=_now(),
+                )
+                new_tests.append(rows[(a, b)])
+            return rows[(a, b)]
+
+        ordered = sorted(comp)
+        all_pairs = (
+            [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+            if len(comp) <= _ALL_PAIRS_MAX else list(rows)
+        )
+        for a, b in all_pairs:
+            if (a, b) in rows and not rows[(a, b)].dependent:
+                continue  # tested and found independent: never an edge
             wa, wb = weights[a], weights[b]
             rel = classify_relation(wa, wb, dtypes_a=dtypes[a], dtypes_b=dtypes[b])
+            row = rows.get((a, b))
+            if row is None and rel.relation == "pruned":
+                row = row_for(a, b)  # the block map comes from localization
+            block_map = [tuple(x) for x in ((row.details or {}).get("block_map") if row else None) or []]
             if rel.relation == "pruned" and block_map:
                 wa_aligned, wb_aligned = _align_blocks(wa, wb, block_map)
                 d = _nanmin(relative_distance(wa_aligned, wb_aligned), invariant_distance(wa_aligned, wb_aligned))
             else:
                 d = _nanmin(rel.distance, rel.invariant_distance)
             if d is None:
-                d = 1.0 + 1.0 / max(1.0, -row.p_value_log10)
+                d = 1.0 + 1.0 / max(1.0, -(row_for(a, b).p_value_log10))
             ca, da, na = snapshot[a]
             cb, db, nb = snapshot[b]
             declared = 1 if na in db else -1 if nb in da else 0
@@ -333,13 +373,23 @@ class Lineage:
                 kurtosis_a=kurt[a], kurtosis_b=kurt[b],
             )
             direction = orient(sig)
+            signals[(a, b)] = sig
             evidence.append(PairEvidence(a, b, d, direction.log_odds, rel.relation))
-            info[(a, b)] = (rel, direction, row)
+            info[(a, b)] = (rel, direction)
         # Merges: a model that a least-squares mix of two relatives explains far
         # better than any single one. Parents are drawn from its nearest relatives.
         dup_graph = nx.Graph()
         dup_graph.add_nodes_from(comp)
-        dup_graph.add_edges_from((e.a, e.b) for e in evidence if e.relation in ("duplicate", "quantized"))
+        dup_graph.add_edges_from((e.a, e.b) for e in evidence if e.relation == "duplicate")
+        # A quantized copy joins the group of the nearest model it quantizes.
+        nearest_source: dict[int, tuple[float, int]] = {}
+        for e in evidence:
+            if e.relation == "quantized":
+                rel = info[(e.a, e.b)][0]
+                q, src = (e.a, e.b) if rel.child_side == "a" else (e.b, e.a)
+                if q not in nearest_source or e.distance < nearest_source[q][0]:
+                    nearest_source[q] = (e.distance, src)
+        dup_graph.add_edges_from((q, src) for q, (_, src) in nearest_source.items())
         group = {m: i for i, g in enumerate(nx.connected_components(dup_graph)) for m in g}
         merges: dict[int, tuple[int, int]] = {}
         merge_fits = {}
@@ -351,8 +401,11 @@ class Lineage:
             # Nearest relatives, one per group of copies (duplicates and
             # quantized copies are one parent candidate, not several).
             options, seen_groups = [], {group[c]}
+            shapes = _shapes(weights[c])
             for _, m in sorted(near[c]):
-                if group[m] not in seen_groups:
+                # Merging needs identical architectures: every tensor of the
+                # child must be a mix of the same tensor of each parent.
+                if group[m] not in seen_groups and _shapes(weights[m]) == shapes:
                     seen_groups.add(group[m])
                     options.append(m)
             options = options[:6]
@@ -369,17 +422,28 @@ class Lineage:
             if best is not None:
                 merges[c] = best[1]
                 merge_fits[c] = best[0]
+        # The merge fit is structure: the merged model is the child of its parents.
+        for c, parents in merges.items():
+            for p in parents:
+                key = (min(p, c), max(p, c))
+                if key in signals:
+                    sig = dataclasses.replace(signals[key], structural_child="a" if key[0] == c else "b")
+                    direction = orient(sig)
+                    info[key] = (info[key][0], direction)
+                    evidence = [
+                        PairEvidence(e.a, e.b, e.distance, direction.log_odds, e.relation)
+                        if (e.a, e.b) == key else e
+                        for e in evidence
+                    ]
         rank = {m: (snapshot[m][0] or datetime.max.replace(tzinfo=timezone.utc), len(snapshot[m][2]), m) for m in comp}
         order = sorted(comp, key=lambda m: (_aware(rank[m][0]), rank[m][1], rank[m][2]))
         tree = recover_family(comp, evidence, merges=merges, representative={m: i for i, m in enumerate(order)})
         edges = []
         now = _now()
         for te in tree.edges:
-            key = (te.parent, te.child) if (te.parent, te.child) in info else (te.child, te.parent)
-            rel, direction, row = info.get(key, (None, None, None))
-            if row is None:
-                # A merge parent the tests never paired directly with the child.
-                row = next(r for a, b, r in dep_pairs if te.child in (a, b))
+            key = (min(te.parent, te.child), max(te.parent, te.child))
+            rel, direction = info.get(key, (None, None))
+            row = row_for(*key)
             evidence_doc: dict[str, Any] = {
                 "relation": rel.to_dict() if rel else None,
                 "direction": direction.to_dict() if direction else None,
@@ -395,7 +459,7 @@ class Lineage:
                 q_value_log10=row.q_value_log10, statistic=row.statistic, method=row.method,
                 block_map=bm if te.relation == "pruned" else None, evidence=evidence_doc, computed_at=now,
             ))
-        return edges
+        return edges, new_tests
 
     # -- queries ---------------------------------------------------------
     def _view(self, s: Session, model: str | None, ids: Iterable[int] | None, notes=()) -> LineageView:
@@ -465,6 +529,10 @@ class Lineage:
             return self.family(family)
         with self.registry.session() as s:
             return self._view(s, None, None)
+
+
+def _shapes(w: dict) -> dict:
+    return {k: tuple(t.shape) for k, t in w.items()}
 
 
 def _finite(x: float | None) -> float | None:

@@ -218,7 +218,7 @@ class HubRepo(Base):
     """One hub repository the registry tried to index, and how that went.
 
     A crawl skips a repo whose ``sha`` is unchanged and whose ``status`` is
-    ``indexed`` or ``lite``; a ``failed`` repo is tried again on the next run.
+    ``indexed``, ``lite`` or ``unsupported``; a ``failed`` repo is tried again on the next run.
     ``attempts`` counts tries (retries included) for the current ``sha``.
     """
 

@@ -117,13 +117,14 @@ def _root_tensors(kind: str, seed: int, hidden: int):
     if kind == "llama":
         cfg = LlamaConfig(
             hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=64, max_position_embeddings=32, tie_word_embeddings=False,
+            num_key_value_heads=4, vocab_size=64, max_position_embeddings=64, tie_word_embeddings=False,
         )
         model = LlamaForCausalLM(cfg)
     else:
-        cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
+        cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=4, vocab_size=64, n_positions=64,
                          bos_token_id=0, eos_token_id=0)
         model = GPT2LMHeadModel(cfg)
+    cfg.architectures = [type(model).__name__]
     tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if kind == "gpt2":  # tied head is not stored in hub files
         tensors.pop("lm_head.weight", None)

@@ -6,8 +6,9 @@ same function, quantised copies sit on an int8 grid, pruned models keep the
 recorded blocks and units, merges are the recorded average, LoRA deltas are
 low-rank, and creation times increase along every edge.
 
-The ``test`` preset is built once per module (about 40 s on two cores) into a
-temporary folder, or reused from ``$MOTHERTREE_ZOO_DIR/test`` when that is set.
+The ``zoo`` fixture (``tests/conftest.py``, session-scoped) builds the
+``test`` preset once (about 35 s on two cores) into
+``default_zoo_dir("test")`` and reuses it across sessions.
 """
 
 from __future__ import annotations
@@ -33,13 +34,6 @@ from mothertree.bench.zoo import (
     load_zoo,
     make_corpus_batch,
 )
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
-    if os.environ.get("MOTHERTREE_ZOO_DIR"):
-        return build_zoo(default_zoo_dir("test"), preset="test")
-    return build_zoo(tmp_path_factory.mktemp("zoo"), preset="test")
 
 
 def _weights(model: ZooModel) -> dict[str, torch.Tensor]:
@@ -176,7 +170,10 @@ def test_permuted_copy_computes_its_parents_function(zoo: Zoo, name: str) -> Non
     tokens = _tokens()
     torch.testing.assert_close(_logits(child, tokens), _logits(parent, tokens), atol=1e-4, rtol=1e-4)
     # ...while its weights really moved: the same function, other tensors.
-    key = "model.layers.1.mlp.up_proj.weight" if child.arch == "llama" else "transformer.h.1.mlp.c_fc.weight"
+    key = (
+        "model.layers.1.mlp.up_proj.weight" if child.arch == "llama"
+        else "transformer.h.1.mlp.c_fc.weight"
+    )
     assert not torch.equal(_weights(child)[key], _weights(parent)[key])
 
 
@@ -245,7 +242,8 @@ def test_width_pruned_copy_keeps_the_recorded_units(zoo: Zoo) -> None:
         p = f"model.layers.{block}.mlp."
         assert len(units) == 96 and list(units) == sorted(units)
         assert torch.equal(w_child[p + "up_proj.weight"], w_parent[p + "up_proj.weight"][list(units)])
-        assert torch.equal(w_child[p + "down_proj.weight"], w_parent[p + "down_proj.weight"][:, list(units)])
+        down = w_parent[p + "down_proj.weight"][:, list(units)]
+        assert torch.equal(w_child[p + "down_proj.weight"], down)
 
 
 def test_merge_is_the_recorded_weighted_average(zoo: Zoo) -> None:
@@ -314,6 +312,31 @@ def test_rebuilding_a_built_zoo_returns_at_once(zoo: Zoo) -> None:
     assert again == zoo
 
 
+def test_builds_are_deterministic_and_leave_global_torch_state_alone(tmp_path: Path) -> None:
+    rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    first = zoo_mod.build_calibration_roots(tmp_path / "one", n=2)
+    second = zoo_mod.build_calibration_roots(tmp_path / "two", n=2)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads
+    assert first.names == ("calib-llama-00", "calib-llama-01")
+    assert len(first.families()) == 2 and first.edges() == ()
+    for a, b in zip(first.models, second.models):
+        assert (Path(a.path) / "model.safetensors").read_bytes() == (
+            Path(b.path) / "model.safetensors"
+        ).read_bytes()
+    assert not torch.equal(*(_weights(m)["model.embed_tokens.weight"] for m in first.models))
+
+
+def test_half_written_folders_of_dead_builds_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / ".tmp-llama-a-999999999"
+    alive = tmp_path / f".tmp-llama-a-{os.getpid()}"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    zoo_mod._remove_stale_temporaries(tmp_path)
+    assert not dead.exists() and alive.exists()
+
+
 def test_demo_preset_reuses_the_test_presets_models() -> None:
     test_recipes, test_size = zoo_mod._preset("test")
     demo_recipes, demo_size = zoo_mod._preset("demo")
@@ -350,7 +373,9 @@ def test_bad_arguments_are_rejected_with_the_allowed_values(tmp_path: Path) -> N
         make_corpus_batch("Z", torch.Generator())
 
 
-def test_default_zoo_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_zoo_dir_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MOTHERTREE_ZOO_DIR", str(tmp_path))
     assert default_zoo_dir() == tmp_path
     assert default_zoo_dir("demo") == tmp_path / "demo"
