@@ -9,6 +9,11 @@ creation time      5.8        on the hub the parent came first in 99.7% of pairs
 structure          4.6        quantized, pruned, merged models are children (99%)
 declared base      2.2        card metadata: a prior, counted only once the
                               weights confirmed the pair dependent
+norm growth        <= 2.2     fine-tuning adds a drift nearly orthogonal to the
+                              weights, so most changed tensors grow in norm
+                              (||W + D||^2 = ||W||^2 + ||D||^2 when D _|_ W);
+                              the vote of changed tensors is used, not the
+                              total, so one re-initialised block cannot flip it
 kurtosis           <= 0.6     excess kurtosis of the attention matrices falls
                               during fine-tuning (MoTHer); stage-dependent, weak
 =================  =========  ==================================================
@@ -21,14 +26,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
-__all__ = ["DirectionSignals", "Direction", "orient", "TIME_LOG_ODDS", "STRUCTURE_LOG_ODDS", "DECLARED_LOG_ODDS", "KURTOSIS_MAX_LOG_ODDS"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DirectionSignals", "Direction", "orient", "norm_growth_fraction", "NORM_MAX_LOG_ODDS", "TIME_LOG_ODDS", "STRUCTURE_LOG_ODDS", "DECLARED_LOG_ODDS", "KURTOSIS_MAX_LOG_ODDS"]
 
 TIME_LOG_ODDS = math.log(0.997 / 0.003)
 STRUCTURE_LOG_ODDS = math.log(0.99 / 0.01)
 DECLARED_LOG_ODDS = math.log(0.9 / 0.1)
 KURTOSIS_MAX_LOG_ODDS = math.log(0.65 / 0.35)
+NORM_MAX_LOG_ODDS = math.log(0.9 / 0.1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class DirectionSignals:
     structural_child : str or None
         ``"a"`` or ``"b"`` when the relation marks one side as the child
         (the quantized, pruned, merged or adapter-merged copy).
+    norm_growth : float or None
+        Fraction of the changed tensors whose norm is larger in ``b`` than in
+        ``a`` (:func:`norm_growth_fraction`); above 0.5 points to ``b`` as the child.
     kurtosis_a, kurtosis_b : float or None
         Summed excess kurtosis of the attention matrices (q, k, v, o): MoTHer
         uses the square attention matrices; a LoRA that leaves ``o`` untouched
@@ -56,6 +68,7 @@ class DirectionSignals:
     structural_child: str | None = None
     kurtosis_a: float | None = None
     kurtosis_b: float | None = None
+    norm_growth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,38 @@ def orient(signals: DirectionSignals) -> Direction:
         gap = (ka - kb) / (abs(ka) + abs(kb) + 1e-12)
         lo += KURTOSIS_MAX_LOG_ODDS * math.tanh(4 * gap)
         reasons.append(f"higher attention kurtosis: {'a' if ka > kb else 'b'}")
+    g = signals.norm_growth
+    if g is not None and math.isfinite(g) and g != 0.5:
+        if not 0.0 <= g <= 1.0:
+            raise ValueError(f"norm_growth: expected a fraction in [0, 1], got {g}")
+        lo += NORM_MAX_LOG_ODDS * (2 * g - 1)
+        reasons.append(f"most changed tensors grew in norm: {'b' if g > 0.5 else 'a'} is the child")
     p_a = 1.0 / (1.0 + math.exp(-lo))
     parent = "a" if lo >= 0 else "b"
     return Direction(parent, max(p_a, 1 - p_a), lo, tuple(reasons))
+
+
+def norm_growth_fraction(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch.Tensor"]) -> float | None:
+    """Fraction of the tensors that changed between ``a`` and ``b`` whose norm is larger in ``b``.
+
+    ``None`` when no tensor of equal shape changed (duplicates, other architectures).
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = {("mlp.up", 0): torch.ones(4, 4), ("mlp.down", 0): torch.ones(4, 4)}
+    >>> grown = {k: v + 0.1 * torch.eye(4) for k, v in w.items()}
+    >>> norm_growth_fraction(w, grown)
+    1.0
+    """
+    grew = changed = 0
+    for k, x in a.items():
+        y = b.get(k)
+        if y is None or y.shape != x.shape:
+            continue
+        nx_, ny = float(x.float().norm()), float(y.float().norm())
+        if float((x.float() - y.float()).norm()) <= 1e-6 * max(nx_, ny, 1e-30):
+            continue
+        changed += 1
+        grew += ny > nx_
+    return grew / changed if changed else None

@@ -32,7 +32,7 @@ from ._schema import CrawlCursor, HubRepo, Model
 from .errors import HubError, MothertreeError, UnsupportedFormatError
 
 if TYPE_CHECKING:
-    from ..indexer.hub import HubClient, HubModelInfo
+    from ..indexer.hub import CachedRevision, HubClient
     from ._registry import Registry
 
 __all__ = [
@@ -492,7 +492,7 @@ def _finish_cursor(
         return _utc(cursor.watermark)
 
 
-def _index_cached(reg: "Registry", rev: Any) -> HubIndexResult:
+def _index_cached(reg: "Registry", rev: "CachedRevision") -> HubIndexResult:
     from ..indexer.hub import declared_from_card
 
     if _done_sha(reg, rev.repo_id) == rev.sha:

@@ -194,7 +194,6 @@ class Lineage:
         result = self._test_loaded(la, lb, method=method, alpha=alpha, names=(na, nb))
         notes = tuple(dict.fromkeys(la.notes + lb.notes))
         if notes and not set(notes) <= set(result.notes):
-
             result = dataclasses.replace(result, notes=tuple(result.notes) + notes)
         return PairReport(na, nb, result)
 
@@ -313,7 +312,7 @@ class Lineage:
         An edge the tests never covered is tested before it is stored.
         Returns the edges and the pair tests run on the way.
         """
-        from ..lineage.direction import DirectionSignals, orient
+        from ..lineage.direction import DirectionSignals, norm_growth_fraction, orient
         from ..lineage.relations import classify_relation, invariant_distance, merge_fit, relative_distance
         from ..lineage.tree import PairEvidence, recover_family
 
@@ -370,7 +369,7 @@ class Lineage:
             declared = 1 if na in db else -1 if nb in da else 0
             sig = DirectionSignals(
                 created_a=ca, created_b=cb, declared=declared, structural_child=rel.child_side,
-                kurtosis_a=kurt[a], kurtosis_b=kurt[b],
+                kurtosis_a=kurt[a], kurtosis_b=kurt[b], norm_growth=norm_growth_fraction(wa, wb),
             )
             direction = orient(sig)
             signals[(a, b)] = sig
