@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ._models import iso
 from ._schema import CrawlCursor, HubRepo, Model
@@ -188,9 +189,9 @@ def _record_failure(reg: "Registry", repo_id: str, sha: str | None, status: str,
 
 
 def _apply_hub_fields(
-    reg: "Registry",
+    s: "Session",
+    model: Model,
     *,
-    name: str,
     repo_id: str,
     sha: str,
     last_modified: datetime | None,
@@ -202,54 +203,47 @@ def _apply_hub_fields(
     transferred: int,
     file_size: int | None,
 ) -> None:
-    """Set a just-indexed model's hub fields and its ``hub_repos`` row, in one transaction."""
+    """Set a just-indexed model's hub fields and its ``hub_repos`` row, inside the indexing transaction."""
     bases, relation = declared
-    with reg.session() as s:
-        model = s.scalar(select(Model).where(Model.name == name))
-        assert model is not None  # index_one committed it just before
-        model.repo_id = repo_id
-        model.hub_sha = sha
-        model.hub_last_modified = last_modified
-        model.declared_relation = relation
-        if bases:
-            model.declared_base_models = list(bases)
-        if lite:
-            model.status = "lite"
-            if source is not None:
-                model.source = source
-            if num_parameters is not None:
-                model.num_parameters = num_parameters
-        row = _row(s, repo_id)
-        if row is None:
-            row = HubRepo(repo_id=repo_id, attempts=0)
-            s.add(row)
-        elif row.sha != sha:
-            row.attempts = 0
-        now = _now()
-        row.sha = sha
-        row.last_modified = last_modified
-        row.status = "lite" if lite else "indexed"
-        row.error = None
-        row.attempts = (row.attempts or 0) + tries
-        row.last_attempt_at = now
-        row.indexed_at = now
-        row.lite = lite
-        row.bytes_transferred = transferred
-        row.file_size = file_size
-        row.model_id = model.id
+    model.repo_id = repo_id
+    model.hub_sha = sha
+    model.hub_last_modified = last_modified
+    model.declared_relation = relation
+    if bases:
+        model.declared_base_models = list(bases)
+    if lite:
+        model.status = "lite"
+        if source is not None:
+            model.source = source
+        if num_parameters is not None:
+            model.num_parameters = num_parameters
+    row = _row(s, repo_id)
+    if row is None:
+        row = HubRepo(repo_id=repo_id, attempts=0)
+        s.add(row)
+    elif row.sha != sha:
+        row.attempts = 0
+    now = _now()
+    row.sha = sha
+    row.last_modified = last_modified
+    row.status = "lite" if lite else "indexed"
+    row.error = None
+    row.attempts = (row.attempts or 0) + tries
+    row.last_attempt_at = now
+    row.indexed_at = now
+    row.lite = lite
+    row.bytes_transferred = transferred
+    row.file_size = file_size
+    row.model_id = model.id
 
 
 def _index_folder(reg: "Registry", folder: Path, *, name: str, created_at: datetime | None, **hub: Any) -> Any:
-    """``index_one`` then the hub fields; a model created here is removed again if the
-    second step fails, so no model is left without its hub provenance."""
-    result = reg.index_one(folder, name=name, created_at=created_at)
-    try:
-        _apply_hub_fields(reg, name=name, **hub)
-    except BaseException:
-        if result.status == "indexed":
-            reg.remove(name)
-        raise
-    return result
+    """``index_one`` with the hub fields written in the same transaction: a model
+    is never stored without its hub provenance."""
+    return reg.index_one(
+        folder, name=name, created_at=created_at,
+        after_write=lambda s, model: _apply_hub_fields(s, model, **hub),
+    )
 
 
 def _index_repo(

@@ -150,11 +150,20 @@ class Lineage:
                 from ..lineage.activations import collect_mlp_activations
 
                 fm = load_forward_model(source)
-                ids = seeded_inputs(fm.vocab_size, _N_SEQ, _SEQ_LEN, seed=0)
-                acts = {"vocab": fm.vocab_size, "blocks": collect_mlp_activations(fm.model, fm.mlp_modules, ids)}
+                cfg = fm.model.config
+                max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+                seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
+                ids = seeded_inputs(fm.vocab_size, _N_SEQ, seq_len, seed=0)
+                acts = {
+                    "vocab": fm.vocab_size,
+                    "seq_len": seq_len,
+                    "blocks": collect_mlp_activations(fm.model, fm.mlp_modules, ids),
+                }
                 del fm
             except UnreadableWeightsError as exc:
                 notes = (f"weights-only tests: {exc.problem}",)
+            except (RuntimeError, IndexError, ValueError) as exc:
+                notes = (f"weights-only tests: the forward pass failed ({type(exc).__name__}: {exc})",)
         loaded = _Loaded(weights, acts, notes)
         self._cache[key] = loaded
         if len(self._cache) > self._cache_size:
@@ -177,7 +186,10 @@ class Lineage:
         from ..lineage import independence_test
 
         acts_a = acts_b = None
-        if a.activations and b.activations and a.activations["vocab"] == b.activations["vocab"]:
+        if (
+            a.activations and b.activations
+            and (a.activations["vocab"], a.activations["seq_len"]) == (b.activations["vocab"], b.activations["seq_len"])
+        ):
             acts_a, acts_b = a.activations["blocks"], b.activations["blocks"]
         try:
             return independence_test(

@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _db
 from ._candidates import CandidatesResult, find_candidates, fingerprint_from_rows, fingerprint_rows
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary, TensorSummary
-from ._schema import Fingerprint, Model, ModelRevision, Tensor
+from ._schema import Edge, FamilyMember, Fingerprint, Model, ModelRevision, PairTest, Tensor
 from ._vectors import IndexPlan, ReindexPlan, ReindexReport, VectorStore
 from .errors import ModelNotFoundError, MothertreeError, RegistryError
 from .settings import default_db_url, registry_home
@@ -119,8 +119,12 @@ class Registry:
         created_at: datetime | None = None,
         progress: Progress | None = None,
         device: str = "auto",
+        after_write: Callable[[Session, Model], None] | None = None,
     ) -> IndexResult:
         """Index one model in one transaction: all its rows, or none of them.
+
+        ``after_write(session, model)`` runs inside that transaction, so a
+        caller's extra fields (hub provenance) commit with the rows or not at all.
 
         Re-indexing unchanged weights (same content digest) is a no-op (except
         that a model indexed before fingerprints existed gets them); changed
@@ -151,6 +155,8 @@ class Registry:
                     label, str(source.root), "unchanged", existing.revision,
                     len(scan.tensors), tuple(sorted(scan.role_counts.items())), warnings,
                 )
+                if after_write is not None:
+                    after_write(s, existing)
             else:
                 now = _now()
                 if existing is None:
@@ -162,6 +168,11 @@ class Registry:
                     model.revision += 1
                     s.execute(delete(Tensor).where(Tensor.model_id == model.id))
                     removed = VectorStore.delete_rows(s, model.id)
+                    # New weights: the old tests and edges no longer describe this model.
+                    s.execute(delete(PairTest).where(or_(PairTest.a_id == model.id, PairTest.b_id == model.id)))
+                    s.execute(delete(Edge).where(or_(Edge.parent_id == model.id, Edge.child_id == model.id)))
+                    s.execute(delete(FamilyMember).where(FamilyMember.model_id == model.id))
+                    model.resolved_at = None
                     status = "revised"
                 model.source = str(source.root)
                 model.file_format = source.format + ("-sharded" if source.sharded else "")
@@ -196,6 +207,8 @@ class Registry:
                 )
                 added = fingerprint_rows(model.id, fingerprint)
                 s.add_all(added)
+                if after_write is not None:
+                    after_write(s, model)
                 result = IndexResult(
                     label, str(source.root), status, model.revision, len(scan.tensors),
                     tuple(sorted(scan.role_counts.items())), warnings,
