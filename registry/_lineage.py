@@ -128,10 +128,10 @@ class _Loaded:
 class Lineage:
     """The lineage operations of one :class:`Registry` (reached as ``registry.lineage``)."""
 
-    def __init__(self, registry: "Registry", cache_size: int = 24) -> None:
+    def __init__(self, registry: "Registry", cache_bytes: int = 4 << 30) -> None:
         self.registry = registry
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
 
     # -- loading ---------------------------------------------------------
     def _load(self, source: str, *, activations: bool = True) -> _Loaded:
@@ -166,7 +166,9 @@ class Lineage:
                 notes = (f"weights-only tests: the forward pass failed ({type(exc).__name__}: {exc})",)
         loaded = _Loaded(weights, acts, notes)
         self._cache[key] = loaded
-        if len(self._cache) > self._cache_size:
+        # Keep at most ``cache_bytes`` of weights and activations, and always
+        # the two models of the pair at hand.
+        while len(self._cache) > 2 and sum(_nbytes(x) for x in self._cache.values()) > self._cache_bytes:
             self._cache.popitem(last=False)
         return loaded
 
@@ -335,7 +337,13 @@ class Lineage:
                 dtypes[t.model_id].append(t.dtype)
                 if t.role in ("attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv") and t.kurtosis is not None:
                     kurt[t.model_id] += t.kurtosis
-        weights = {m: self._load(sources[m], activations=False).weights for m in comp}
+        class _Weights:
+            """Each model's weights through the bounded cache, never all at once."""
+
+            def __getitem__(_, m: int) -> dict:
+                return self._load(sources[m], activations=False).weights
+
+        weights = _Weights()
         evidence: list[PairEvidence] = []
         signals: dict[tuple[int, int], DirectionSignals] = {}
         info: dict[tuple[int, int], tuple[Any, Any, PairTest]] = {}
@@ -540,6 +548,13 @@ class Lineage:
             return self.family(family)
         with self.registry.session() as s:
             return self._view(s, None, None)
+
+
+def _nbytes(loaded: _Loaded) -> int:
+    n = sum(t.numel() * t.element_size() for t in loaded.weights.values())
+    for acts in ((loaded.activations or {}).get("blocks") or {}).values():
+        n += sum(t.numel() * t.element_size() for t in (acts.a, acts.b))
+    return n
 
 
 def _shapes(w: dict) -> dict:
