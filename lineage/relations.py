@@ -74,22 +74,56 @@ def relative_distance(a: WeightMap, b: WeightMap) -> float:
     return math.sqrt(num / den) if den > 0 else float("nan")
 
 
+#: Columns of the seeded probe through which invariant products are compared:
+#: ``P @ Omega`` instead of ``P`` keeps the cost at ``O(h d k)`` for 7B-sized
+#: blocks while preserving distances in expectation (Johnson-Lindenstrauss).
+_PROBE = 64
+
+
+def _probe(d: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0x51_7E + d)
+    return torch.randn(d, _PROBE, generator=g) / math.sqrt(_PROBE)
+
+
 def _invariants(w: WeightMap) -> dict[tuple[str, int | None], torch.Tensor]:
-    """Products that hidden-unit permutations (MLP units, attention heads) cancel."""
+    """Probed products that hidden-unit permutations (MLP units, attention heads) cancel.
+
+    ``W_down @ W_up``, ``W_out @ W_in``, ``W_o @ W_v`` and ``W_q^T @ W_k`` are
+    unchanged when the hidden units (or heads) in the middle are permuted;
+    each is multiplied by a seeded probe so it is never formed in full.
+    """
     out = {}
     blocks = {k[1] for k in w if k[1] is not None}
+
+    def probed(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return left.float() @ (right.float() @ _probe(right.shape[1]))
+
     for b in blocks:
         if ("mlp.down", b) in w and ("mlp.up", b) in w:
-            out[("mlp.down@up", b)] = w[("mlp.down", b)] @ w[("mlp.up", b)]
+            out[("mlp.down@up", b)] = probed(w[("mlp.down", b)], w[("mlp.up", b)])
             if ("mlp.gate", b) in w:
-                out[("mlp.down@gate", b)] = w[("mlp.down", b)] @ w[("mlp.gate", b)]
+                out[("mlp.down@gate", b)] = probed(w[("mlp.down", b)], w[("mlp.gate", b)])
         if ("mlp.out", b) in w and ("mlp.in", b) in w:
-            out[("mlp.out@in", b)] = w[("mlp.out", b)] @ w[("mlp.in", b)]
+            out[("mlp.out@in", b)] = probed(w[("mlp.out", b)], w[("mlp.in", b)])
         if ("attn.o", b) in w and ("attn.v", b) in w and w[("attn.o", b)].shape[1] == w[("attn.v", b)].shape[0]:
-            out[("attn.o@v", b)] = w[("attn.o", b)] @ w[("attn.v", b)]
+            out[("attn.o@v", b)] = probed(w[("attn.o", b)], w[("attn.v", b)])
         if ("attn.q", b) in w and ("attn.k", b) in w and w[("attn.q", b)].shape == w[("attn.k", b)].shape:
-            out[("attn.qT@k", b)] = w[("attn.q", b)].T @ w[("attn.k", b)]
+            out[("attn.qT@k", b)] = probed(w[("attn.q", b)].T, w[("attn.k", b)])
     return out
+
+
+def _same_norm_profiles(a: WeightMap, b: WeightMap) -> bool:
+    """Every shared tensor has the same multiset of row norms and of column norms.
+
+    Permuting rows and columns keeps both multisets, so a permuted copy passes;
+    a tensor that really changed (one the invariant products do not cover) fails.
+    """
+    for x, y in _shared(a, b):
+        for dim in (0, 1):
+            nx_, ny = x.norm(dim=dim).sort().values, y.norm(dim=dim).sort().values
+            if float((nx_ - ny).abs().max()) > _SAME * float(nx_.abs().max() + 1e-30):
+                return False
+    return True
 
 
 def invariant_distance(a: WeightMap, b: WeightMap) -> float:
@@ -161,12 +195,32 @@ def is_quantized(w: WeightMap, dtypes: Sequence[str] = ()) -> bool:
     return res[len(res) // 2] < _ON_GRID
 
 
+#: Matrices with a smaller side up to this get an exact SVD of their difference;
+#: larger ones a randomized range sketch of this many columns.
+_EXACT_SVD = 512
+
+
 def _delta_rank_fraction(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Numerical rank of ``y - x`` over its full rank (singular values above 1e-3 of the largest)."""
-    s = torch.linalg.svdvals((y - x).double())
+    """Numerical rank of ``y - x`` over its full rank (singular values above 1e-3 of the largest).
+
+    Large matrices are sketched (``(y - x) @ Omega`` with ``_EXACT_SVD`` seeded
+    Gaussian columns): a difference of rank ``r < _EXACT_SVD`` keeps exactly
+    ``r`` non-negligible singular values in the sketch, and a dense one fills it.
+    """
+    delta = (y.float() - x.float())
+    small = min(delta.shape)
+    if small > _EXACT_SVD:
+        if delta.shape[0] < delta.shape[1]:
+            delta = delta.T
+        g = torch.Generator().manual_seed(0xAD + delta.shape[1])
+        delta = delta @ torch.randn(delta.shape[1], _EXACT_SVD, generator=g)
+    s = torch.linalg.svdvals(delta.double())
     if float(s[0]) == 0.0:
         return 0.0
-    return float((s > 1e-3 * s[0]).sum()) / min(x.shape)
+    rank = int((s > 1e-3 * s[0]).sum())
+    if small > _EXACT_SVD and rank >= 0.9 * _EXACT_SVD:
+        return 1.0  # the sketch is full: the difference is dense as far as it can see
+    return rank / small
 
 
 @dataclass(frozen=True)
@@ -254,13 +308,15 @@ def classify_relation(
         )
     if dist < _SAME:
         return RelationEvidence("duplicate", 0.99, None, dist, _opt(inv), qa, qb, 0.0, 0.0, ("identical up to storage rounding",))
-    if not math.isnan(inv) and inv < _SAME and dist > 10 * max(inv, 1e-9):
+    if not math.isnan(inv) and inv < _SAME and dist > 10 * max(inv, 1e-9) and _same_norm_profiles(a, b):
         notes.append("identical after undoing hidden-unit permutations")
         return RelationEvidence("duplicate", 0.95, None, dist, inv, qa, qb, None, None, tuple(notes))
     pairs = _shared(a, b)
     changed = [(x, y) for x, y in pairs if float((y - x).norm()) > 1e-6 * float(x.norm())]
     changed_fraction = len(changed) / len(pairs)
-    ranks = sorted(_delta_rank_fraction(x, y) for x, y in changed)
+    # The median over an evenly spaced subset of at most 16 changed tensors.
+    sample = changed[:: max(1, len(changed) // 16)]
+    ranks = sorted(_delta_rank_fraction(x, y) for x, y in sample)
     rank = ranks[len(ranks) // 2] if ranks else 0.0
     if changed and rank <= 0.25:
         notes.append(f"weight difference has median rank fraction {rank:.3f} on {len(changed)} changed tensors")
@@ -270,6 +326,9 @@ def classify_relation(
 
 def _opt(x: float) -> float | None:
     return None if math.isnan(x) else x
+
+
+_MERGE_SAMPLE = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -321,8 +380,17 @@ def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
     keys = [k for k in sorted(child, key=str) if k[0] in _IDENTITY and all(k in p and p[k].shape == child[k].shape for p in ps)]
     if not keys:
         raise ValueError("child and parents: expected shared identity tensors of equal shape, got none")
-    y = torch.cat([child[k].reshape(-1) for k in keys]).double()
-    X = torch.stack([torch.cat([p[k].reshape(-1) for k in keys]).double() for p in ps], dim=1)
+    # Least squares on an evenly strided subsample of at most ``_MERGE_SAMPLE``
+    # elements: the mixing weights are a handful of numbers, and a 7B model
+    # must not be copied into one float64 vector per parent.
+    total = sum(child[k].numel() for k in keys)
+    stride = max(1, total // _MERGE_SAMPLE)
+
+    def flat(w: WeightMap) -> torch.Tensor:
+        return torch.cat([w[k].reshape(-1)[::stride] for k in keys]).double()
+
+    y = flat(child)
+    X = torch.stack([flat(p) for p in ps], dim=1)
     sol = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
     norm = float(y.norm())
     residual = float((X @ sol - y).norm()) / norm

@@ -171,3 +171,20 @@ def test_merge_gets_both_parents_and_duplicates_hang_off_the_original():
 def test_recover_family_checks_pairs():
     with pytest.raises(ValueError, match="expected pairs among nodes"):
         recover_family(["a"], [PairEvidence("a", "z", 0.1, 0.0, "finetune")])
+
+
+def test_relations_on_matrices_past_the_exact_svd_size():
+    """Above 512 a side, ranks come from a randomized sketch; the verdicts must not change."""
+    g = torch.Generator().manual_seed(11)
+    big = {("attn.q", 0): torch.randn(520, 520, generator=g) * 0.02,
+           ("mlp.up", 0): torch.randn(1100, 520, generator=g) * 0.02,
+           ("mlp.down", 0): torch.randn(520, 1100, generator=g) * 0.02}
+    dense = {k: v + 0.002 * torch.randn(v.shape, generator=g) for k, v in big.items()}
+    assert classify_relation(big, dense).relation == "finetune"
+    low = {k: v + 0.002 * torch.randn(v.shape[0], 4, generator=g) @ torch.randn(4, v.shape[1], generator=g)
+           if k[0] == "attn.q" else v for k, v in big.items()}
+    ev = classify_relation(big, low)
+    # attn.q changed but no invariant product covers it: an adapter, not a permuted duplicate
+    assert ev.relation == "adapter" and ev.delta_rank_fraction == pytest.approx(4 / 520)
+    with_gate = {**big, ("mlp.gate", 0): torch.randn(1100, 520, generator=g) * 0.02}
+    assert classify_relation(with_gate, _permute(with_gate, 3)).relation == "duplicate"
