@@ -659,6 +659,36 @@ def tensor_evidence(
     return tuple(out)
 
 
+def _shape_test(a: WeightMap, b: WeightMap, *, alpha: float, max_units: int | None, rng: np.random.Generator,
+                obstacle: str | None) -> IndependenceResult | None:
+    """Last resort for models the role map does not know: tensors paired by name and shape.
+
+    Each equal-shape matrix gets the aligned test with its rows taken as
+    exchangeable, which holds at an i.i.d. initialization but is not backed by
+    a known symmetry of the architecture, so the p-value is approximate; the
+    tensors are Bonferroni-combined (valid under any dependence).
+    """
+    comps = []
+    for key in sorted(set(a) & set(b), key=str):
+        x, y = a[key], b[key]
+        if x.shape != y.shape or x.shape[0] < 3:
+            continue
+        al = aligned_cosine_test(x, y, max_units=max_units, rng=rng)
+        comps.append(_component(f"aligned:{key[0]}", al.z, al.p_value_log10,
+                                "rows exchangeable (assumed: architecture unknown)"))
+    if not comps:
+        return None
+    lp = bonferroni_combine([c.p_value_log10 for c in comps])
+    decider = min(comps, key=lambda c: c.p_value_log10)
+    return IndependenceResult(
+        statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="shape",
+        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, tests=tuple(comps),
+        notes=(f"exact test not applicable: {obstacle}" if obstacle else "exact test not applicable",
+               f"weights-only: {len(comps)} tensor(s) paired by name and shape, rows assumed exchangeable "
+               "(approximate p-value), Bonferroni-combined"),
+    )
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -736,6 +766,10 @@ def independence_test(
         return result
     if method == "match" or obstacle is not None:
         if not has_acts:
+            if method == "auto":
+                shaped = _shape_test(a, b, alpha=alpha, max_units=max_units, rng=gen, obstacle=obstacle)
+                if shaped is not None:
+                    return shaped
             why = f"the exact test cannot run ({obstacle})" if obstacle else "method='match'"
             raise ValueError(f"activations_a and activations_b: expected activations since {why}, got none")
         result = match_test(activations_a, activations_b, alpha=alpha, max_units=max_units, rng=gen)

@@ -188,3 +188,17 @@ def test_relations_on_matrices_past_the_exact_svd_size():
     assert ev.relation == "adapter" and ev.delta_rank_fraction == pytest.approx(4 / 520)
     with_gate = {**big, ("mlp.gate", 0): torch.randn(1100, 520, generator=g) * 0.02}
     assert classify_relation(with_gate, _permute(with_gate, 3)).relation == "duplicate"
+
+
+def test_unknown_architecture_falls_back_to_tensors_paired_by_shape():
+    from mothertree.lineage import independence_test
+
+    g = torch.Generator().manual_seed(3)
+    a = {("other:enc.w1", None): torch.randn(48, 32, generator=g), ("other:enc.w2", None): torch.randn(32, 48, generator=g)}
+    child = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in a.items()}
+    stranger = {k: torch.randn(v.shape, generator=g) for k, v in a.items()}
+    r = independence_test(a, child)
+    assert r.method == "shape" and r.dependent and any("approximate" in n for n in r.notes)
+    assert not independence_test(a, stranger).dependent
+    with pytest.raises(ValueError, match="expected activations"):
+        independence_test(a, {("other:x", None): torch.randn(5, 5)})
