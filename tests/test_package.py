@@ -56,3 +56,11 @@ def test_readme_documents_every_command_and_setting():
     missing = [name for name in commands if f"mothertree {name}" not in readme and f"`{name}" not in readme]
     assert missing == []
     assert [s.name for s in SETTINGS if s.name not in readme] == []
+
+
+def test_cli_reference_is_current():
+    from mothertree.cli._docs import cli_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(), (
+        "docs/cli.md is stale: regenerate it with python -m mothertree.cli._docs > docs/cli.md"
+    )
