@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ._models import iso
 from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun, Tensor
 from .errors import MothertreeError, NoComparableTensorsError, UnreadableWeightsError
+from .settings import forward_max_params
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -144,7 +145,13 @@ class Lineage:
 
         weights = load_weight_map(source)
         acts, notes = None, ()
-        if activations:
+        n_params = sum(t.numel() for t in weights.values())
+        if activations and n_params > forward_max_params():
+            notes = (
+                f"weights-only tests: {n_params:,} identity parameters exceed MOTHERTREE_FORWARD_MAX_PARAMS "
+                f"({forward_max_params():,}), no forward pass",
+            )
+        elif activations:
             try:
                 from ..indexer.forward import load_forward_model, seeded_inputs
                 from ..lineage.activations import collect_mlp_activations

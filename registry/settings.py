@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "debug"]
+__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "forward_max_params", "debug"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ SETTINGS: tuple[Setting, ...] = (
         "PostgreSQL server the test suite runs against (tests only).",
     ),
     Setting(
+        "MOTHERTREE_FORWARD_MAX_PARAMS",
+        "2000000000",
+        "Largest model (in parameters) that resolve and test run forward passes on for phi_MATCH; "
+        "bigger models get the weights-only tests, with a notice.",
+    ),
+    Setting(
         "MOTHERTREE_ZOO_DIR",
         None,
         "Cache folder of the synthetic model zoo used by tests, benchmarks and the demo.",
@@ -69,6 +75,14 @@ def registry_home() -> Path:
 def default_db_url() -> str:
     """Database URL from ``MOTHERTREE_DB``, else an SQLite file in the registry home."""
     return get("MOTHERTREE_DB") or f"sqlite:///{registry_home() / 'registry.db'}"
+
+
+def forward_max_params() -> int:
+    value = get("MOTHERTREE_FORWARD_MAX_PARAMS") or "0"
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"MOTHERTREE_FORWARD_MAX_PARAMS: expected a number of parameters, got {value!r}") from None
 
 
 def debug() -> bool:
