@@ -35,7 +35,8 @@ def candidates(
             t = Table("candidate", "score", "aligned", "invariant", f">= {result.threshold:.2f}", "closest layers")
             for cand in result.candidates:
                 layers = ", ".join(
-                    f"{x.role} {x.block}->{x.other_block} ({x.score:.2f})" for x in cand.layers[:3]
+                    (x.role if x.block is None else f"{x.role} {x.block}->{x.other_block}") + f" ({x.score:.2f})"
+                    for x in cand.layers[:3]
                 )
                 t.add_row(
                     cand.name, f"{cand.score:.3f}", _f(cand.aligned_score), _f(cand.invariant_score),
