@@ -540,7 +540,13 @@ class Lineage:
             resolved = s.scalar(select(Model.resolved_at).where(Model.id == mid)) is not None
             notes = []
             if len(ids) == 1:
-                notes.append("a root: no parent found" if resolved else "not resolved yet: run mothertree resolve")
+                has_children = s.scalar(select(Edge.id).where(Edge.parent_id == mid).limit(1)) is not None
+                if not resolved:
+                    notes.append("not resolved yet: run mothertree resolve")
+                elif has_children:
+                    notes.append("a root: no parent found")
+                else:
+                    notes.append("a singleton: no relatives found")
             return self._view(s, name, ids, notes)
 
     def descendants(self, name: str) -> LineageView:

@@ -37,6 +37,8 @@ def test_resolve_on_both_databases(registry, small_family):
     assert set(fam.models) == {"parent", "child"}
     assert [(e.parent, e.child) for e in fam.edges] in ([("parent", "child")], [("child", "parent")])
     assert registry.family("stranger").notes == ("no relatives: a singleton",)
+    root = fam.roots[0]
+    assert registry.ancestry(root).notes == ("a root: no parent found",)
     edge = fam.edges[0]
     assert edge.p_value_log10 < -6 and 0 <= edge.direction_confidence <= 1
     # Idempotent: nothing new to test, same edges.
@@ -51,7 +53,7 @@ def test_ancestry_of_a_root_and_of_a_new_path(registry, small_family, tmp_path):
     registry.index_one(small_family["stranger"], name="stranger")
     registry.resolve()
     view = registry.ancestry("stranger")
-    assert view.edges == () and view.notes == ("a root: no parent found",)
+    assert view.edges == () and view.notes == ("a singleton: no relatives found",)
     bad = tmp_path / "broken"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"\x00" * 4)
