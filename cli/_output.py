@@ -70,7 +70,7 @@ class State:
             yield self
         except typer.Exit:
             raise
-        except (MothertreeError, ValueError, LookupError, OSError) as exc:
+        except (MothertreeError, ValueError, OSError) as exc:
             if debug():
                 raise
             msg = str(exc) or type(exc).__name__

@@ -156,17 +156,18 @@ def scan_model(
             f"unknown architecture (model_type={config.get('model_type')!r}): "
             "tensors indexed with role 'other', 2-D tensors compared by shape"
         )
-    roles = Counter(r.role for r in learned)
     embed = next((r for r in learned if r.role == "embed.tokens" and r.part == "weight"), None)
-    mlp = next((r for r in learned if r.role in ("mlp.up", "mlp.in", "mlp.gate") and r.part == "weight"), None)
+    mlp = next(
+        (r for r in learned if r.role in ("mlp.up", "mlp.in", "mlp.gate", "mlp.gate_up") and r.part == "weight"), None
+    )
     blocks = [r.block for r in learned if r.block is not None and r.role != "other"]
     dtype_counts = Counter(r.dtype for r in learned)
     hidden = _first(config, "hidden_size", "n_embd", "d_model") or (embed.shape[1] if embed else None)
     mlp_width = _first(config, "intermediate_size", "n_inner")
     if mlp_width is None and mlp is not None:
         mlp_width = mlp.shape[1] if family == "gpt2" else mlp.shape[0]
-    if "mlp.gate_up" in roles and mlp_width is None and mlp is not None:
-        mlp_width = mlp.shape[0] // 2
+        if mlp.role == "mlp.gate_up":
+            mlp_width //= 2
     archs = config.get("architectures")
     return ModelScan(
         source=source,

@@ -162,7 +162,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
 # Buffers saved beside the weights that no training touches: identical in
 # independent models by construction, so they must never count as evidence.
 _BUFFERS = re.compile(
-    r"(?:attn\.(?:masked_)?bias$|attention\.(?:masked_)?bias$|rotary_emb\.inv_freq$"
+    r"(?:(?:^|\.)attn\.(?:masked_)?bias$|(?:^|\.)attention\.(?:masked_)?bias$|rotary_emb\.inv_freq$"
     r"|position_ids$|\.inv_freq$|_float_tensor$)"
 )
 

@@ -391,8 +391,10 @@ def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
 
     y = flat(child)
     X = torch.stack([flat(p) for p in ps], dim=1)
-    sol = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
     norm = float(y.norm())
+    if norm == 0.0 or bool((X.norm(dim=0) == 0).any()):
+        raise ValueError("child and parents: expected non-zero weights, got an all-zero model")
+    sol = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
     residual = float((X @ sol - y).norm()) / norm
     singles = []
     for j in range(X.shape[1]):

@@ -30,6 +30,9 @@ __all__ = ["PairReport", "ResolveReport", "EdgeView", "LineageView", "Lineage"]
 
 Progress = Callable[[str], None]
 
+#: Ids per ``IN (...)`` list, well under SQLite's and PostgreSQL's parameter limits.
+_IN_CHUNK = 1000
+
 #: Largest family whose every pair is compared on weights when building its tree.
 _ALL_PAIRS_MAX = 64
 
@@ -131,12 +134,13 @@ class Lineage:
 
     def __init__(self, registry: "Registry", cache_bytes: int = 4 << 30) -> None:
         self.registry = registry
-        self._cache: OrderedDict[str, _Loaded] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str | None], _Loaded] = OrderedDict()
         self._cache_bytes = cache_bytes
 
     # -- loading ---------------------------------------------------------
-    def _load(self, source: str, *, activations: bool = True) -> _Loaded:
-        key = source
+    def _load(self, source: str, digest: str | None = None, *, activations: bool = True) -> _Loaded:
+        """Weights (and activations) of the model at ``source``, cached by path and content digest."""
+        key = (source, digest)
         cached = self._cache.get(key)
         if cached is not None and (cached.activations is not None or cached.notes or not activations):
             self._cache.move_to_end(key)
@@ -179,14 +183,15 @@ class Lineage:
             self._cache.popitem(last=False)
         return loaded
 
-    def _source_of(self, s: Session, name_or_path: str) -> tuple[str, str]:
+    def _source_of(self, s: Session, name_or_path: str) -> tuple[str, str, str | None]:
+        """``(name, source, content digest)`` of a registry name, or of a path (digest unknown)."""
         m = s.scalar(select(Model).where(Model.name == name_or_path))
         if m is not None:
-            return m.name, m.source
+            return m.name, m.source, m.content_digest
         from pathlib import Path
 
         if Path(name_or_path).exists():
-            return name_or_path, name_or_path
+            return name_or_path, name_or_path, None
         from .errors import ModelNotFoundError
 
         raise ModelNotFoundError(name_or_path, self.registry.display_url)
@@ -210,8 +215,8 @@ class Lineage:
     def test_pair(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01) -> PairReport:
         """Run the independence test between two models (names in the registry, or paths)."""
         with self.registry.session() as s:
-            (na, sa), (nb, sb) = self._source_of(s, a), self._source_of(s, b)
-        la, lb = self._load(sa), self._load(sb)
+            (na, *sa), (nb, *sb) = self._source_of(s, a), self._source_of(s, b)
+        la, lb = self._load(*sa), self._load(*sb)
         result = self._test_loaded(la, lb, method=method, alpha=alpha, names=(na, nb))
         notes = tuple(dict.fromkeys(la.notes + lb.notes))
         if notes and not set(notes) <= set(result.notes):
@@ -248,7 +253,7 @@ class Lineage:
             by_digest: dict[str, list[int]] = {}
             for m in models.values():
                 by_digest.setdefault(m.content_digest, []).append(m.id)
-            sources = {m.id: m.source for m in models.values()}
+            sources = {m.id: (m.source, m.content_digest) for m in models.values()}
             names = {m.id: m.name for m in models.values()}
         todo: list[tuple[int, int]] = []
         for m in pending:
@@ -265,7 +270,7 @@ class Lineage:
         for i, (a, b) in enumerate(todo, 1):
             say(f"testing {names[a]} ~ {names[b]} ({i}/{len(todo)})")
             try:
-                la, lb = self._load(sources[a]), self._load(sources[b])
+                la, lb = self._load(*sources[a]), self._load(*sources[b])
                 res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=(names[a], names[b]))
                 row = PairTest(
                     a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
@@ -300,11 +305,19 @@ class Lineage:
                 fams[tuple(comp)] = [(r.a_id, r.b_id, r) for r in rows if r.a_id in members and r.b_id in members]
             snapshot = {mid: (m.created_at, m.declared_base_models or [], m.name) for mid, m in models.items()}
         n_edges = 0
+        failed: set[int] = set()
         for comp, dep_pairs in fams.items():
             say(f"family of {names[comp[0]]}: {len(comp)} model(s)")
-            edges, new_tests = (
-                self._solve_family(list(comp), dep_pairs, sources, snapshot, alpha) if len(comp) > 1 else ([], [])
-            )
+            try:
+                edges, new_tests = (
+                    self._solve_family(list(comp), dep_pairs, sources, snapshot, alpha) if len(comp) > 1 else ([], [])
+                )
+            except (MothertreeError, OSError, ValueError) as exc:
+                # One unreadable model must not stop the others; its family stays
+                # pending and is tried again by the next resolve.
+                warnings.append(f"family of {names[comp[0]]} not resolved: {exc}")
+                failed |= set(comp)
+                continue
             with self.registry.session() as s:
                 s.add_all(new_tests)
                 s.execute(delete(Edge).where(or_(Edge.child_id.in_(comp), Edge.parent_id.in_(comp))))
@@ -315,14 +328,16 @@ class Lineage:
             n_edges += len(edges)
         with self.registry.session() as s:
             now = _now()
-            s.execute(update(Model).where(Model.id.in_([m.id for m in pending])).values(resolved_at=now))
+            done = [m.id for m in pending if m.id not in failed]
+            for i in range(0, len(done), _IN_CHUNK):
+                s.execute(update(Model).where(Model.id.in_(done[i : i + _IN_CHUNK])).values(resolved_at=now))
             n_fam = len({f for f in s.scalars(select(FamilyMember.family_id))})
             total_edges = len(list(s.scalars(select(Edge.id))))
             s.add(ResolutionRun(
                 started_at=started, finished_at=now, full=full, alpha=alpha, pairs_tested=len(todo),
                 edges=total_edges, families=n_fam,
             ))
-        return ResolveReport(len(pending), len(todo), len(dep), total_edges, n_fam, alpha, full, tuple(warnings))
+        return ResolveReport(len(done), len(todo), len(dep), total_edges, n_fam, alpha, full, tuple(warnings))
 
     def _solve_family(self, comp, dep_pairs, sources, snapshot, alpha) -> tuple[list[Edge], list[PairTest]]:
         """Type, orient and arrange one family into edges.
@@ -348,7 +363,7 @@ class Lineage:
             """Each model's weights through the bounded cache, never all at once."""
 
             def __getitem__(_, m: int) -> dict:
-                return self._load(sources[m], activations=False).weights
+                return self._load(*sources[m], activations=False).weights
 
         weights = _Weights()
         evidence: list[PairEvidence] = []
@@ -359,7 +374,7 @@ class Lineage:
 
         def row_for(a: int, b: int) -> PairTest:
             if (a, b) not in rows:
-                la, lb = self._load(sources[a]), self._load(sources[b])
+                la, lb = self._load(*sources[a]), self._load(*sources[b])
                 res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=(snapshot[a][2], snapshot[b][2]))
                 rows[(a, b)] = PairTest(
                     a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
@@ -494,8 +509,12 @@ class Lineage:
             ids = set(ids)
             q = q.where(Edge.child_id.in_(ids), Edge.parent_id.in_(ids))
         edges = list(s.scalars(q))
-        mids = set(ids) if ids is not None else {m for (m,) in s.execute(select(Model.id))}
-        names = {m.id: m.name for m in s.scalars(select(Model).where(Model.id.in_(mids)))}
+        q_names = select(Model.id, Model.name)
+        if ids is not None:
+            q_names = q_names.where(Model.id.in_(ids))
+        # (a Result has .keys(), so dict(result) would treat it as a mapping)
+        names = {mid: name for mid, name in s.execute(q_names)}
+        mids = set(names)
         children = {e.child_id for e in edges}
         views = tuple(sorted(
             (EdgeView(

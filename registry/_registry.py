@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -147,6 +147,9 @@ class Registry:
         with self.session() as s:
             existing = s.scalar(select(Model).where(Model.name == label))
             if existing is not None and existing.content_digest == scan.content_digest:
+                # Same weights, maybe moved: later tests read them from the new place.
+                existing.source = str(source.root)
+                existing.created_at = created_at or existing.created_at
                 added = []
                 if s.scalar(select(func.count()).where(Fingerprint.model_id == existing.id)) == 0:
                     added = fingerprint_rows(existing.id, fingerprint)
@@ -168,7 +171,9 @@ class Registry:
                     model.revision += 1
                     s.execute(delete(Tensor).where(Tensor.model_id == model.id))
                     removed = VectorStore.delete_rows(s, model.id)
-                    # New weights: the old tests and edges no longer describe this model.
+                    # New weights: the old tests and edges no longer describe this
+                    # model, and its old family must be re-solved without it.
+                    _unresolve_family(s, model.id)
                     s.execute(delete(PairTest).where(or_(PairTest.a_id == model.id, PairTest.b_id == model.id)))
                     s.execute(delete(Edge).where(or_(Edge.parent_id == model.id, Edge.child_id == model.id)))
                     s.execute(delete(FamilyMember).where(FamilyMember.model_id == model.id))
@@ -246,23 +251,23 @@ class Registry:
         return IndexReport(tuple(results), tuple(errors))
 
     # -- reading ---------------------------------------------------------
-    def _role_counts(self, s: Session, model_ids: list[int]) -> dict[int, dict[str, int]]:
-        counts: dict[int, dict[str, int]] = {i: {} for i in model_ids}
-        rows = s.execute(
-            select(Tensor.model_id, Tensor.role, func.count())
-            .where(Tensor.model_id.in_(model_ids), Tensor.part != "buffer")
-            .group_by(Tensor.model_id, Tensor.role)
-        )
+    def _role_counts(self, s: Session, model_ids: list[int] | None) -> dict[int, dict[str, int]]:
+        """Learned tensors per role, for ``model_ids`` or (``None``) every model."""
+        q = select(Tensor.model_id, Tensor.role, func.count()).where(Tensor.part != "buffer")
+        if model_ids is not None:
+            q = q.where(Tensor.model_id.in_(model_ids))
+        counts: dict[int, dict[str, int]] = {}
+        rows = s.execute(q.group_by(Tensor.model_id, Tensor.role))
         for mid, role, n in rows:
-            counts[mid][role] = n
+            counts.setdefault(mid, {})[role] = n
         return counts
 
     def models(self) -> tuple[ModelSummary, ...]:
         """Every indexed model, by name."""
         with self.session() as s:
             rows = list(s.scalars(select(Model).order_by(Model.name)))
-            counts = self._role_counts(s, [m.id for m in rows]) if rows else {}
-            return tuple(ModelSummary.from_row(m, counts[m.id]) for m in rows)
+            counts = self._role_counts(s, None) if rows else {}
+            return tuple(ModelSummary.from_row(m, counts.get(m.id, {})) for m in rows)
 
     def model(self, name: str) -> ModelDetail:
         """One model with its tensors (raises :class:`ModelNotFoundError`)."""
@@ -291,6 +296,7 @@ class Registry:
         """
         with self.session() as s:
             model = self._get(s, name)
+            _unresolve_family(s, model.id)
             removed = VectorStore.delete_rows(s, model.id)
             s.delete(model)
         self.vectors.update(remove=removed)
@@ -336,7 +342,15 @@ class Registry:
         with self.session() as s:
             known = s.scalar(select(Model).where(Model.name == label))
         if known is None and Path(model_or_path).expanduser().exists():
-            if add:
+            try:
+                indexed = self._name_for(model_or_path)
+            except RegistryError:
+                if add:
+                    raise
+                indexed = None  # its name belongs to other weights: query it on the fly
+            if indexed is not None:
+                label = indexed
+            elif add:
                 label = self.index_one(model_or_path, device=device).name
             else:
                 from ..indexer import open_source
@@ -433,13 +447,37 @@ class Registry:
 
     def ancestry(self, name_or_path: str, *, progress=None) -> "LineageView":
         """Parents up to the roots. A path not yet indexed is indexed and resolved first."""
-        with self.session() as s:
-            known = s.scalar(select(Model.id).where(Model.name == name_or_path)) is not None
-        name = name_or_path
-        if not known and Path(name_or_path).exists():
+        name = self._name_for(name_or_path)
+        if name is None:
             name = self.index_one(name_or_path).name
             self.resolve(progress=progress)
         return self.lineage.ancestry(name)
+
+    def _name_for(self, name_or_path: str | os.PathLike) -> str | None:
+        """The registry name of a model name or an indexed path; ``None`` for a new path.
+
+        A new path whose default name is already taken by other weights is an
+        error rather than a silent new revision of that model.
+        """
+        with self.session() as s:
+            if s.scalar(select(Model.id).where(Model.name == str(name_or_path))) is not None:
+                return str(name_or_path)
+            if not Path(name_or_path).expanduser().exists():
+                raise ModelNotFoundError(str(name_or_path), self.display_url)
+            from ..indexer import open_source
+
+            source = open_source(name_or_path)
+            by_source = s.scalar(select(Model).where(Model.source == str(source.root)))
+            if by_source is not None:
+                return by_source.name
+            taken = s.scalar(select(Model).where(Model.name == source.default_name))
+            if taken is not None:
+                raise RegistryError(
+                    f"'{source.default_name}' is already in the registry at {self.display_url} with other "
+                    f"weights (from {taken.source}). Index this path under another name: "
+                    f"mothertree index {source.root} --name NEW-NAME"
+                )
+        return None
 
     def descendants(self, name: str) -> "LineageView":
         return self.lineage.descendants(name)
@@ -455,3 +493,11 @@ def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.n
     import numpy as np
 
     return [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]
+
+
+def _unresolve_family(s: Session, model_id: int) -> None:
+    """Mark every member of ``model_id``'s family for re-resolution (its tree is about to change)."""
+    family = s.scalar(select(FamilyMember.family_id).where(FamilyMember.model_id == model_id))
+    if family is not None:
+        members = select(FamilyMember.model_id).where(FamilyMember.family_id == family)
+        s.execute(update(Model).where(Model.id.in_(members)).values(resolved_at=None))

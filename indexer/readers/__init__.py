@@ -90,6 +90,8 @@ def _shards(index_path: Path) -> tuple[str, ...]:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UnreadableWeightsError(index_path, f"shard index has no readable weight_map ({exc})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UnreadableWeightsError(index_path, "weight_map is not a mapping of tensor names to shard files")
     files = []
     for shard in dict.fromkeys(weight_map.values()):
         f = index_path.parent / shard

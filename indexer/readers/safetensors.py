@@ -31,9 +31,13 @@ def _parse(path: Path) -> tuple[dict, int]:
         raise UnreadableWeightsError(path, f"file is {size} bytes, too short for a safetensors header")
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
-        if n > min(_MAX_HEADER, size - 8):
+        if n > size - 8:
             raise UnreadableWeightsError(
                 path, f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors"
+            )
+        if n > _MAX_HEADER:
+            raise UnreadableWeightsError(
+                path, f"header length {n} is over the {_MAX_HEADER}-byte limit: not a safetensors file"
             )
         raw = fh.read(n)
     try:
@@ -49,6 +53,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The free-form ``__metadata__`` of a file (empty when absent)."""
     header, _ = _parse(Path(path))
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise UnreadableWeightsError(path, "__metadata__ is not a JSON object")
     return {str(k): str(v) for k, v in meta.items()}
 
 
@@ -77,8 +83,14 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                 f"unknown dtype '{dtype}' (known: {', '.join(SAFETENSORS_DTYPES)})",
                 tensor=name,
             )
-        shape = tuple(int(d) for d in entry["shape"])
-        begin, end = (int(o) for o in entry["data_offsets"])
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise UnreadableWeightsError(path, f"shape {shape!r} is not a list of non-negative integers", tensor=name)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise UnreadableWeightsError(path, f"data_offsets {offsets!r} is not a [begin, end] pair of integers",
+                                         tensor=name)
+        shape = tuple(shape)
+        begin, end = offsets
         numel = 1
         for d in shape:
             numel *= d

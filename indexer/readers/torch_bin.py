@@ -30,9 +30,12 @@ _DTYPE_CODES = {
 def _load(path: Path) -> dict[str, "torch.Tensor"]:
     import torch
 
+    import zipfile
+
     try:
-        # mmap keeps the storages on disk until a tensor is touched.
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap keeps the storages on disk until a tensor is touched; only the
+        # zip format (torch >= 1.6) supports it, older pickles load in memory.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsafePickleError(

@@ -159,3 +159,33 @@ def test_hf_cache_layout(tiny_models, tmp_path):
     (repo / "refs" / "main").write_text("abc123")
     src = open_source(repo)
     assert Path(src.root) == snap and src.default_name == "org/tiny"
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        ({"dtype": "F32", "shape": [2], "data_offsets": None}, "data_offsets None is not a [begin, end] pair"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 4, 8]}, "is not a [begin, end] pair"),
+        ({"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}, "shape '2' is not a list of non-negative"),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "shape [-2] is not a list of non-negative"),
+    ],
+)
+def test_malformed_header_entries_name_the_file(tmp_path, entry, problem):
+    bad = _write_raw(tmp_path / "x.safetensors", {"w": entry}, b"\0" * 8)
+    with pytest.raises(UnreadableWeightsError) as e:
+        read_header(open_source(bad))
+    assert str(e.value).startswith(f"{bad} (tensor 'w'): ") and problem in str(e.value)
+
+
+def test_legacy_non_zip_pickle_loads_safely(tmp_path):
+    state = {"model.layers.0.mlp.up_proj.weight": torch.randn(4, 3)}
+    torch.save(state, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    (name, t), = list(iter_tensors(open_source(tmp_path)))
+    assert torch.equal(t, state[name])
+
+
+def test_gpt2_qkv_bias_is_learned_not_a_buffer():
+    from mothertree.indexer.roles import assign_role
+
+    assert assign_role("transformer.h.0.attn.c_attn.bias", "gpt2").part == "bias"
+    assert assign_role("transformer.h.0.attn.bias", "gpt2").part == "buffer"

@@ -143,3 +143,34 @@ def test_zoo_incremental_placement(resolved_zoo, tmp_path):
     view = reg.ancestry("late-upload")
     assert "llama-a-ft" in view.models
     reg.remove("late-upload")
+
+
+def test_paths_never_overwrite_other_models(registry, small_family, tmp_path):
+    from mothertree.registry.errors import RegistryError
+
+    registry.index_one(small_family["parent"], name="llama")
+    registry.resolve()
+    impostor = shutil.copytree(small_family["stranger"], tmp_path / "llama")
+    with pytest.raises(RegistryError, match="'llama' is already in the registry .* with other weights"):
+        registry.ancestry(str(impostor))
+    assert registry.model("llama").model.revision == 1
+    # An indexed path is recognised by its source, and is not its own candidate.
+    cands = registry.candidates(str(small_family["parent"]))
+    assert cands.model == "llama" and "llama" not in [c.name for c in cands.candidates]
+
+
+def test_revision_and_move_keep_the_lineage_true(registry, small_family, tmp_path):
+    for name, path in small_family.items():
+        registry.index_one(path, name=name)
+    grandchild = _derive(small_family["child"], tmp_path / "grandchild", seed=5)
+    registry.index_one(grandchild, name="grandchild")
+    registry.resolve()
+    assert set(registry.family("grandchild").models) == {"parent", "child", "grandchild"}
+    # "child" gets unrelated weights: its old family is re-solved without it.
+    registry.index_one(small_family["stranger"], name="child")
+    registry.resolve()
+    assert set(registry.family("grandchild").models) == {"parent", "grandchild"}
+    # Unchanged weights at a new place: the new source is recorded.
+    moved = shutil.copytree(small_family["parent"], tmp_path / "moved-parent")
+    assert registry.index_one(moved, name="parent").status == "unchanged"
+    assert registry.model("parent").model.source == str(moved)
