@@ -69,8 +69,12 @@ class ModelScan:
         return dict(Counter(t.role for t in self.tensors))
 
 
-def _declared_bases(root: Path) -> tuple[str, ...]:
-    """``base_model`` from the model card's YAML header, when the folder has a README."""
+def _declared_bases(root: Path, warnings: list[str]) -> tuple[str, ...]:
+    """``base_model`` from the model card's YAML header, when the folder has a README.
+
+    A malformed card is metadata noise, never an indexing failure: it adds a
+    warning and declares nothing.
+    """
     readme = root / "README.md"
     if not readme.is_file():
         return ()
@@ -78,7 +82,9 @@ def _declared_bases(root: Path) -> tuple[str, ...]:
 
     try:
         data = ModelCard.load(readme).data.to_dict()
-    except Exception:  # a malformed card is metadata noise, never an indexing failure
+    except Exception as exc:  # YAML, encoding and validation errors all mean "no usable card"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        warnings.append(f"model card {readme} unreadable, declared base ignored ({type(exc).__name__}: {first})")
         return ()
     base = data.get("base_model")
     if isinstance(base, str):
@@ -181,7 +187,9 @@ def scan_model(
         num_parameters=sum(_numel(r.shape) for r in learned),
         dtype=dtype_counts.most_common(1)[0][0] if dtype_counts else None,
         content_digest=model_hash.hexdigest(),
-        declared_base_models=_declared_bases(Path(source.root) if Path(source.root).is_dir() else Path(source.root).parent),
+        declared_base_models=_declared_bases(
+            Path(source.root) if Path(source.root).is_dir() else Path(source.root).parent, warnings
+        ),
         tensors=tuple(records),
         warnings=tuple(warnings),
     )

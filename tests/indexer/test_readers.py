@@ -189,3 +189,13 @@ def test_gpt2_qkv_bias_is_learned_not_a_buffer():
 
     assert assign_role("transformer.h.0.attn.c_attn.bias", "gpt2").part == "bias"
     assert assign_role("transformer.h.0.attn.bias", "gpt2").part == "buffer"
+
+
+def test_model_card_declares_base_and_a_bad_card_only_warns(tiny_models, tmp_path):
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "carded")
+    (folder / "README.md").write_text("---\nbase_model:\n- org/a\n- org/b\n---\nA model.\n")
+    assert scan_model(folder).declared_base_models == ("org/a", "org/b")
+    (folder / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
+    scan = scan_model(folder)
+    assert scan.declared_base_models == ()
+    assert any(w.startswith(f"model card {folder / 'README.md'} unreadable") for w in scan.warnings)
