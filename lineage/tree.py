@@ -25,6 +25,10 @@ __all__ = ["PairEvidence", "TreeEdge", "FamilyTree", "recover_family"]
 
 #: Weight of the direction penalty relative to the mean distance (MoTHer's lambda).
 DIRECTION_WEIGHT = 0.3
+#: Relations whose evidence certifies a direct parent-child derivation.
+DIRECT_RELATIONS = frozenset({"adapter"})
+#: Factor on the distance of such edges in the arborescence.
+DIRECT_DISCOUNT = 0.1
 #: Direction probability below which an edge is excluded when the family can be
 #: spanned without it (structure and timestamps reach it; kurtosis never does).
 STRICT_DIRECTION = 0.05
@@ -132,6 +136,13 @@ def recover_family(
     for p in best.values():
         a, b = rep_of[p.a], rep_of[p.b]
         d = p.distance if math.isfinite(p.distance) else 2 * scale + 1.0
+        if p.relation in DIRECT_RELATIONS:
+            # A low-rank difference certifies a direct derivation: a sibling or a
+            # merge centroid may be nearer in distance but differs by rank 2r or
+            # densely, never by rank r. (A value grid or a block subset does not
+            # certify which relative is the source: every relative of a quantized
+            # or pruned model shows it.)
+            d *= DIRECT_DISCOUNT
         for parent, child, lo in ((a, b, p.parent_log_odds), (b, a, -p.parent_log_odds)):
             if child in merges and parent not in {rep_of[x] for x in merges[child]}:
                 continue
