@@ -270,14 +270,7 @@ class Lineage:
         for i, (a, b) in enumerate(todo, 1):
             say(f"testing {names[a]} ~ {names[b]} ({i}/{len(todo)})")
             try:
-                la, lb = self._load(*sources[a]), self._load(*sources[b])
-                res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=(names[a], names[b]))
-                row = PairTest(
-                    a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
-                    p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
-                    details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
-                    computed_at=_now(),
-                )
+                row = self._pair_test(a, b, sources, (names[a], names[b]), alpha)
             except (NoComparableTensorsError, UnreadableWeightsError, OSError) as exc:
                 row = PairTest(
                     a_id=a, b_id=b, method="none", statistic=None, p_value_log10=0.0, dependent=False,
@@ -339,6 +332,17 @@ class Lineage:
             ))
         return ResolveReport(len(done), len(todo), len(dep), total_edges, n_fam, alpha, full, tuple(warnings))
 
+    def _pair_test(self, a: int, b: int, sources: dict, names: tuple[str, str], alpha: float) -> PairTest:
+        """Run the automatic independence test on two registry models; the unsaved row."""
+        la, lb = self._load(*sources[a]), self._load(*sources[b])
+        res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=names)
+        return PairTest(
+            a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
+            p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
+            details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
+            computed_at=_now(),
+        )
+
     def _solve_family(self, comp, dep_pairs, sources, snapshot, alpha) -> tuple[list[Edge], list[PairTest]]:
         """Type, orient and arrange one family into edges.
 
@@ -374,14 +378,7 @@ class Lineage:
 
         def row_for(a: int, b: int) -> PairTest:
             if (a, b) not in rows:
-                la, lb = self._load(*sources[a]), self._load(*sources[b])
-                res = self._test_loaded(la, lb, method="auto", alpha=alpha, names=(snapshot[a][2], snapshot[b][2]))
-                rows[(a, b)] = PairTest(
-                    a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
-                    p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
-                    details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
-                    computed_at=_now(),
-                )
+                rows[(a, b)] = self._pair_test(a, b, sources, (snapshot[a][2], snapshot[b][2]), alpha)
                 new_tests.append(rows[(a, b)])
             return rows[(a, b)]
 
