@@ -31,6 +31,11 @@ class Base(DeclarativeBase):
     pass
 
 
+#: Python ``None`` stored as SQL NULL rather than the JSON text ``null``, so
+#: ``IS NULL`` and reports see a missing value as missing.
+_NullableJSON = JSON(none_as_null=True)
+
+
 class Model(Base):
     """One indexed model (its current revision)."""
 
@@ -44,7 +49,7 @@ class Model(Base):
     family: Mapped[str] = mapped_column(String(64))
     architecture: Mapped[str | None] = mapped_column(String(128))
     model_type: Mapped[str | None] = mapped_column(String(64))
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    config: Mapped[dict[str, Any] | None] = mapped_column(_NullableJSON)
     num_blocks: Mapped[int | None] = mapped_column(Integer)
     hidden_size: Mapped[int | None] = mapped_column(Integer)
     mlp_width: Mapped[int | None] = mapped_column(Integer)
@@ -52,7 +57,7 @@ class Model(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     dtype: Mapped[str | None] = mapped_column(String(32))
     content_digest: Mapped[str] = mapped_column(String(64), index=True)
-    declared_base_models: Mapped[list[str] | None] = mapped_column(JSON)
+    declared_base_models: Mapped[list[str] | None] = mapped_column(_NullableJSON)
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(32), default="indexed")
@@ -136,7 +141,7 @@ class PairTest(Base):
     p_value_log10: Mapped[float] = mapped_column(Float)
     q_value_log10: Mapped[float | None] = mapped_column(Float)
     dependent: Mapped[bool] = mapped_column(Boolean)
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    details: Mapped[dict[str, Any] | None] = mapped_column(_NullableJSON)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -156,8 +161,8 @@ class Edge(Base):
     q_value_log10: Mapped[float | None] = mapped_column(Float)
     statistic: Mapped[float | None] = mapped_column(Float)
     method: Mapped[str] = mapped_column(String(32))
-    block_map: Mapped[list[list[int]] | None] = mapped_column(JSON)
-    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    block_map: Mapped[list[list[int]] | None] = mapped_column(_NullableJSON)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(_NullableJSON)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -209,7 +214,7 @@ class Fingerprint(Base):
     level: Mapped[str] = mapped_column(String(8))
     role: Mapped[str | None] = mapped_column(String(32))
     block: Mapped[int | None] = mapped_column(Integer)
-    shape: Mapped[list[int] | None] = mapped_column(JSON)
+    shape: Mapped[list[int] | None] = mapped_column(_NullableJSON)
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
