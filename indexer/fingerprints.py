@@ -360,14 +360,14 @@ def product_sketch(
     ones_out = torch.ones(d_out, device=device)
     ones_in = torch.ones(d_in, device=device)
     for i in range(0, h, step):
-        l = left[:, i : i + step].to(device=device, dtype=torch.float32).contiguous()
-        # R's chunk transposed, so the diagonal is a row-wise dot of two contiguous blocks.
-        rt = right[i : i + step].T.to(device=device, dtype=torch.float32).contiguous()
-        core += (A @ l) @ (rt.T @ B)
-        rowsum += (l @ (ones_in @ rt)).double()
-        colsum += (rt @ (ones_out @ l)).double()
+        l = left[:, i : i + step].to(device=device, dtype=torch.float32)
+        # R's rows stay as stored: no transposed copy (it cost a fifth of the time).
+        r = right[i : i + step].to(device=device, dtype=torch.float32)
+        core += (A @ l) @ (r @ B)
+        rowsum += (l @ (r @ ones_in)).double()
+        colsum += ((ones_out @ l) @ r).double()
         if square:
-            diag += torch.linalg.vecdot(l, rt).double()
+            diag += (l * r.T).sum(dim=1).double()
     if square:
         core -= (A * diag.float()[None, :]) @ B
         rowsum -= diag

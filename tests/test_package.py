@@ -64,3 +64,17 @@ def test_cli_reference_is_current():
     assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(), (
         "docs/cli.md is stale: regenerate it with python -m mothertree.cli._docs > docs/cli.md"
     )
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    modules = [
+        "mothertree.indexer.roles", "mothertree.indexer.stats", "mothertree.indexer.fingerprints",
+        "mothertree.lineage.relations", "mothertree.lineage.direction", "mothertree.lineage.matching",
+        "mothertree.lineage.multiple", "mothertree.lineage.independence", "mothertree.lineage.robust",
+    ]
+    for name in modules:
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"{name}: {result.failed} failing example(s)"
