@@ -61,17 +61,21 @@ def _shared(a: WeightMap, b: WeightMap, roles: Sequence[str] = _IDENTITY) -> lis
     ]
 
 
-def relative_distance(a: WeightMap, b: WeightMap) -> float:
-    """Frobenius distance of the shared identity tensors over their mean norm (0 = identical).
-
-    Returns ``nan`` when the models share no tensor of equal shape.
-    """
-    pairs = _shared(a, b)
+def _pooled_distance(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Frobenius distance pooled over tensor pairs, over their mean squared norm; ``nan`` if none."""
     if not pairs:
         return float("nan")
     num = sum(float((x - y).pow(2).sum()) for x, y in pairs)
     den = sum(0.5 * (float(x.pow(2).sum()) + float(y.pow(2).sum())) for x, y in pairs)
     return math.sqrt(num / den) if den > 0 else float("nan")
+
+
+def relative_distance(a: WeightMap, b: WeightMap) -> float:
+    """Frobenius distance of the shared identity tensors over their mean norm (0 = identical).
+
+    Returns ``nan`` when the models share no tensor of equal shape.
+    """
+    return _pooled_distance(_shared(a, b))
 
 
 #: Columns of the seeded probe through which invariant products are compared:
@@ -133,12 +137,7 @@ def invariant_distance(a: WeightMap, b: WeightMap) -> float:
     distance ~0 from its source while its raw (aligned) distance is large.
     """
     ia, ib = _invariants(a), _invariants(b)
-    pairs = [(ia[k], ib[k]) for k in ia if k in ib and ia[k].shape == ib[k].shape]
-    if not pairs:
-        return float("nan")
-    num = sum(float((x - y).pow(2).sum()) for x, y in pairs)
-    den = sum(0.5 * (float(x.pow(2).sum()) + float(y.pow(2).sum())) for x, y in pairs)
-    return math.sqrt(num / den) if den > 0 else float("nan")
+    return _pooled_distance([(ia[k], ib[k]) for k in ia if k in ib and ia[k].shape == ib[k].shape])
 
 
 def grid_residual(w: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import networkx as nx
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ._models import iso
 from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun, Tensor
-from .errors import MothertreeError, NoComparableTensorsError, UnreadableWeightsError
+from .errors import ModelNotFoundError, MothertreeError, NoComparableTensorsError, UnreadableWeightsError
 from .settings import forward_max_params
 
 if TYPE_CHECKING:
@@ -188,12 +189,8 @@ class Lineage:
         m = s.scalar(select(Model).where(Model.name == name_or_path))
         if m is not None:
             return m.name, m.source, m.content_digest
-        from pathlib import Path
-
         if Path(name_or_path).exists():
             return name_or_path, name_or_path, None
-        from .errors import ModelNotFoundError
-
         raise ModelNotFoundError(name_or_path, self.registry.display_url)
 
     def _test_loaded(self, a: _Loaded, b: _Loaded, *, method: str, alpha: float, names: tuple[str, str]):
