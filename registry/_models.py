@@ -8,7 +8,12 @@ from typing import Any
 
 from ._schema import Model
 
-__all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso"]
+__all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC (the one clock of the registry)."""
+    return datetime.now(timezone.utc)
 
 
 def iso(dt: datetime | None) -> str | None:
