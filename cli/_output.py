@@ -38,11 +38,13 @@ class State:
     json: bool = False
     stdout: Console = field(default_factory=lambda: Console(soft_wrap=True))
     stderr: Console = field(default_factory=lambda: Console(stderr=True))
+    #: ``db`` commands open the database as it is (no migration on open).
+    upgrade_on_open: bool = True
     _registry: Registry | None = None
 
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry(self.db)
+            self._registry = Registry(self.db, upgrade=self.upgrade_on_open)
         return self._registry
 
     @property

@@ -16,9 +16,7 @@ app.add_typer(db_app, name="db")
 
 def _open(ctx: typer.Context, json_: bool):
     st = state(ctx, json_)
-    from ..registry import Registry
-
-    st._registry = Registry(st.db, upgrade=False)
+    st.upgrade_on_open = False
     return st
 
 
@@ -53,8 +51,8 @@ def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Print the schema revision the database is at."""
     st = _open(ctx, json_)
     with st.errors():
-        from ..registry._db import current_revision, head_revision
+        from ..registry import schema_head
 
-        rev = current_revision(st.registry().engine)
-        payload = {"schema_revision": rev, "head": head_revision()}
+        rev = st.registry().schema_revision()
+        payload = {"schema_revision": rev, "head": schema_head()}
         st.emit(payload, lambda c: c.print(f"schema at {rev or 'base'} (head {payload['head']})"))

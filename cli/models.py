@@ -20,9 +20,7 @@ def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Create the registry (or bring it to the latest schema). In Python: Registry(url)."""
     with state(ctx, json_).errors() as st:
         reg = st.registry()
-        from ..registry._db import current_revision
-
-        payload = {"db": reg.display_url, "schema_revision": current_revision(reg.engine), "vectors": str(reg.home)}
+        payload = {"db": reg.display_url, "schema_revision": reg.schema_revision(), "vectors": str(reg.home)}
         st.emit(payload, lambda c: c.print(f"Registry ready at {payload['db']} (schema {payload['schema_revision']})"))
 
 

@@ -64,7 +64,7 @@ def report(
     datasette: Annotated[bool, typer.Option("--datasette", help="Print Datasette metadata with every report.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a named read-only report. In Python: reports.run_report(reg, name, params)."""
+    """Run a named read-only report. In Python: reg.report(name, params)."""
     from ..registry import reports
 
     with state(ctx, json_).errors() as st:
@@ -80,7 +80,7 @@ def report(
 
             st.emit({"reports": [r.to_dict() for r in reports.REPORTS]}, render)
             return
-        _print(st, reports.run_report(st.registry(), name, _params(param)), csv_)
+        _print(st, st.registry().report(name, _params(param)), csv_)
 
 
 @app.command("sql")
@@ -92,8 +92,8 @@ def sql(
     csv_: CsvOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run ad-hoc read-only SQL; writes are refused. In Python: reports.run_sql(reg, query)."""
+    """Run ad-hoc read-only SQL; writes are refused. In Python: reg.query(sql)."""
     from ..registry import reports
 
     with state(ctx, json_).errors() as st:
-        _print(st, reports.run_sql(st.registry(), query, _params(param), max_rows=max_rows), csv_)
+        _print(st, st.registry().query(query, _params(param), max_rows=max_rows), csv_)

@@ -25,16 +25,17 @@ Its null is empirical, not exact: calibrate it on known-independent pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ._validation import check_choice, check_matrix, check_optional_positive_int, check_rng, json_float
-from .matching import _sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
+from .matching import sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
 
 __all__ = [
     "BlockActivations",
+    "block_activations",
     "MatchConsistencyResult",
     "Localization",
     "match_consistency_test",
@@ -81,6 +82,11 @@ class BlockActivations:
     @property
     def n_inputs(self) -> int:
         return int(self.a.shape[1])
+
+
+def block_activations(views: Mapping[int, Sequence[Any]]) -> dict[int, BlockActivations]:
+    """``{block: BlockActivations}`` from ``{block: (kind, a, b)}`` (the indexer's ``MlpViews``)."""
+    return {block: BlockActivations(*v) for block, v in views.items()}
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ def match_consistency_test(
     rows_m, cols_m = (y, x) if swapped else (x, y)
     if rows_m.n_units < 3:
         raise ValueError(f"x and y: expected at least 3 units each, got {x.n_units} and {y.n_units}")
-    rows = torch.from_numpy(_sample_rows(rows_m.n_units, max_units, gen))
+    rows = torch.from_numpy(sample_rows(rows_m.n_units, max_units, gen))
     first = match_units(cosine_similarity_matrix(rows_m.a[rows], cols_m.a, absolute=True, center=True))
     second = match_units(cosine_similarity_matrix(rows_m.b[rows], cols_m.b, absolute=True, center=True))
     r, lp = spearman_identity_log10_p(first, second)

@@ -5,6 +5,7 @@ Everything the ``mothertree`` command does is a method of :class:`Registry`
 """
 
 from . import errors, reports, settings
+from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary
 from ._pairs import PairReport
@@ -16,6 +17,7 @@ from .reports import NamedReport, QueryResult, run_report, run_sql
 
 __all__ = [
     "Registry",
+    "schema_head",
     "IndexReport",
     "IndexResult",
     "ModelDetail",

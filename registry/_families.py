@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from sqlalchemy import delete, or_, select
 
+from ..vocabulary import ATTENTION_ROLES
 from ._connection import Connection
 from ._models import utc_now
 from ._pairs import PairTester
@@ -13,8 +14,6 @@ from ._schema import Edge, FamilyMember, PairTest, Tensor
 
 __all__ = ["solve_and_store"]
 
-#: Attention roles whose summed kurtosis is a direction signal (MoTHer).
-_ATTENTION_ROLES = ("attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv")
 
 
 def solve_and_store(
@@ -75,7 +74,7 @@ def _facts(conn: Connection, comp, info) -> dict:
     with conn.session() as s:
         for t in s.scalars(select(Tensor).where(Tensor.model_id.in_(comp), Tensor.part == "weight")):
             dtypes[t.model_id].append(t.dtype)
-            if t.role in _ATTENTION_ROLES and t.kurtosis is not None:
+            if t.role in ATTENTION_ROLES and t.kurtosis is not None:
                 kurt[t.model_id] += t.kurtosis
     return {
         m: ModelFacts(info[m].name, info[m].created_at, info[m].declared, tuple(dtypes[m]), kurt[m]) for m in comp

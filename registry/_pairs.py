@@ -81,14 +81,14 @@ def failed_row(a: int, b: int, exc: Exception) -> PairTest:
 
 
 def _test_loaded(a: LoadedModel, b: LoadedModel, *, method: str, alpha: float, names: tuple[str, str]):
-    from ..lineage import independence_test
+    from ..lineage import block_activations, independence_test
 
     acts_a = acts_b = None
     if (
         a.activations and b.activations
         and (a.activations["vocab"], a.activations["seq_len"]) == (b.activations["vocab"], b.activations["seq_len"])
     ):
-        acts_a, acts_b = a.activations["blocks"], b.activations["blocks"]
+        acts_a, acts_b = block_activations(a.activations["blocks"]), block_activations(b.activations["blocks"])
     try:
         return independence_test(
             a.weights, b.weights, method=method, activations_a=acts_a, activations_b=acts_b, alpha=alpha,

@@ -60,7 +60,7 @@ class WeightsCache:
         elif activations:
             try:
                 from ..indexer.forward import load_forward_model, seeded_inputs
-                from ..lineage.activations import collect_mlp_activations
+                from ..indexer.activations import collect_mlp_activations
 
                 fm = load_forward_model(source)
                 cfg = fm.model.config

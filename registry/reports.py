@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ReadOnlyQueryError
 
 if TYPE_CHECKING:
-    from ._registry import Registry
+    from ._connection import Connection as Registry
 
 __all__ = [
     "ReportParam",
