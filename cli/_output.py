@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ..registry import Registry
+from ..serialize import to_jsonable
 from ..registry.errors import MothertreeError
 from ..registry.settings import debug
 
@@ -20,14 +20,8 @@ __all__ = ["State", "clean_json"]
 
 
 def clean_json(obj: Any) -> Any:
-    """Make a ``to_dict()`` result strict-JSON safe: NaN and infinities become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    return obj
+    """Make a ``to_dict()`` result strict-JSON safe (the one rule of :func:`mothertree.serialize.to_jsonable`)."""
+    return to_jsonable(obj)
 
 
 @dataclass

@@ -40,6 +40,7 @@ __all__ = [
     "Localization",
     "match_consistency_test",
     "monotone_block_map",
+    "grid_block_map",
     "localize",
 ]
 
@@ -255,6 +256,19 @@ def monotone_block_map(log10_p: Any) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
+def grid_block_map(
+    grid: Mapping[tuple[int, int], Any], blocks_a: Sequence[int], blocks_b: Sequence[int],
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The block-pair grid of tests as a ``log10 p`` matrix, and its best monotone map in block numbers.
+
+    ``grid[(block_a, block_b)]`` is any result with a ``p_value_log10``; the
+    matrix has a row per ``blocks_a`` and a column per ``blocks_b``.
+    """
+    blocks_a, blocks_b = list(blocks_a), list(blocks_b)
+    matrix = np.array([[grid[i, j].p_value_log10 for j in blocks_b] for i in blocks_a])
+    return matrix, tuple((blocks_a[i], blocks_b[j]) for i, j in monotone_block_map(matrix))
+
+
 @dataclass(frozen=True)
 class Localization:
     """Which block of one model matches which block of the other, and which units were kept.
@@ -332,8 +346,7 @@ def localize(
         for i in blocks_a
         for j in blocks_b
     }
-    matrix = np.array([[results[i, j].p_value_log10 for j in blocks_b] for i in blocks_a])
-    block_map = tuple((blocks_a[i], blocks_b[j]) for i, j in monotone_block_map(matrix))
+    _, block_map = grid_block_map(results, blocks_a, blocks_b)
     kept = tuple((i, j, results[i, j].units_a, results[i, j].units_b) for i, j in block_map)
     return Localization(
         blocks_a=blocks_a,

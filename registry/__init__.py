@@ -13,7 +13,7 @@ from ._queries import EdgeView, LineageView
 from ._registry import Registry
 from ._resolve import ResolvePlan, ResolveReport
 from .errors import MothertreeError
-from .reports import NamedReport, QueryResult, run_report, run_sql
+from .reports import NamedReport, QueryResult
 
 __all__ = [
     "Registry",
@@ -35,8 +35,6 @@ __all__ = [
     "index_cache",
     "NamedReport",
     "QueryResult",
-    "run_report",
-    "run_sql",
     "MothertreeError",
     "errors",
     "reports",

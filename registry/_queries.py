@@ -8,6 +8,7 @@ from typing import Any, Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..serialize import to_jsonable
 from ._connection import Connection
 from ._models import iso
 from ._schema import Edge, FamilyMember, Model
@@ -32,19 +33,7 @@ class EdgeView:
     computed_at: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "parent": self.parent,
-            "child": self.child,
-            "relation": self.relation,
-            "p_value_log10": self.p_value_log10,
-            "q_value_log10": self.q_value_log10,
-            "direction_confidence": self.direction_confidence,
-            "relation_confidence": self.relation_confidence,
-            "method": self.method,
-            "block_map": [list(x) for x in self.block_map] if self.block_map else None,
-            "evidence": self.evidence,
-            "computed_at": self.computed_at,
-        }
+        return to_jsonable(self)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import networkx as nx
 from sqlalchemy import delete, func, select, update
 
+from ..serialize import to_jsonable
 from ._connection import Connection
 from ._families import solve_and_store
 from ._lookup import stored_candidates
@@ -43,7 +44,7 @@ class ResolveReport:
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, warnings=list(self.warnings))
+        return to_jsonable(self)
 
 
 @dataclass(frozen=True)
