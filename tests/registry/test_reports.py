@@ -150,6 +150,7 @@ def test_every_report_is_documented():
     assert get_report("families").title == "Families by size"
 
 
+@pytest.mark.slow
 def test_reports_after_a_real_crawl_and_resolve(fake_hub, truth, tmp_path, monkeypatch):
     """End to end: crawl the fake hub, resolve lineage from the weights, read the reports."""
     from mothertree.registry._hub import RetryPolicy, crawl_hub
