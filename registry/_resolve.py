@@ -22,7 +22,7 @@ from ._lookup import stored_candidates
 from ._models import utc_now
 from ._pairs import PairTester, failed_row
 from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun
-from .errors import MothertreeError, NoComparableTensorsError, RegistryError, UnreadableWeightsError
+from .errors import ModelNotFoundError, MothertreeError, NoComparableTensorsError, RegistryError, UnreadableWeightsError
 
 __all__ = ["ResolvePlan", "ResolveReport", "plan_resolve"]
 
@@ -143,8 +143,6 @@ def plan_resolve(
 def _pending(conn: Connection, info: dict[int, _ModelInfo], full: bool, only: list[str] | None) -> list[int]:
     """Models to resolve: every model (full), else the unresolved ones (among ``only``, if given)."""
     if only is not None:
-        from .errors import ModelNotFoundError
-
         known = {m.name for m in info.values()}
         for name in only:
             if name not in known:
