@@ -93,7 +93,5 @@ def sql(
     json_: JsonOpt = False,
 ) -> None:
     """Run ad-hoc read-only SQL; writes are refused. In Python: reg.query(sql)."""
-    from ..registry import reports
-
     with state(ctx, json_).errors() as st:
         _print(st, st.registry().query(query, _params(param), max_rows=max_rows), csv_)

@@ -346,7 +346,7 @@ def localize(
         for i in blocks_a
         for j in blocks_b
     }
-    _, block_map = grid_block_map(results, blocks_a, blocks_b)
+    matrix, block_map = grid_block_map(results, blocks_a, blocks_b)
     kept = tuple((i, j, results[i, j].units_a, results[i, j].units_b) for i, j in block_map)
     return Localization(
         blocks_a=blocks_a,
