@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -15,11 +16,19 @@ app.add_typer(db_app, name="db")
 
 
 def _open(ctx: typer.Context, json_: bool):
-    st = state(ctx, json_)
-    from ..registry import Registry
+    return state(ctx, json_)
 
-    st._registry = Registry(st.db, upgrade=False)
-    return st
+
+def _reg(st, *, create: bool = False):
+    """The registry without migrating it; only ``db upgrade`` may create one."""
+    if st._registry is None:
+        from ..registry import Registry
+        from ..registry._open import check_registry, database_state
+
+        if not create or database_state(st.db) == "foreign":  # one line, nothing created, for a mistyped --db
+            check_registry(st.db)
+        st._registry = Registry(st.db, upgrade=False)
+    return st._registry
 
 
 @db_app.command("upgrade")
@@ -31,7 +40,7 @@ def upgrade(
     """Apply migrations up to REVISION. In Python: Registry(url).upgrade(revision)."""
     st = _open(ctx, json_)
     with st.errors():
-        rev = st.registry().upgrade(revision)
+        rev = _reg(st, create=True).upgrade(revision)
         st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev}"))
 
 
@@ -39,12 +48,22 @@ def upgrade(
 def downgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision ('base' drops every table).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping every table ('base').")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Revert migrations down to REVISION. In Python: Registry(url).downgrade(revision)."""
     st = _open(ctx, json_)
     with st.errors():
-        rev = st.registry().downgrade(revision)
+        if revision == "base" and not yes:
+            where = _reg(st).display_url
+            if st.json or not sys.stdin.isatty():
+                raise ValueError(
+                    f"db downgrade base drops every table of the registry at {where}, with all its models; "
+                    "add --yes to do it"
+                )
+            if not typer.confirm(f"Drop every table of the registry at {where}, with all its models?"):
+                raise typer.Exit(1)
+        rev = _reg(st).downgrade(revision)
         st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev or 'base'}"))
 
 
@@ -55,6 +74,6 @@ def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
     with st.errors():
         from ..registry._db import current_revision, head_revision
 
-        rev = current_revision(st.registry().engine)
+        rev = current_revision(_reg(st).engine)
         payload = {"schema_revision": rev, "head": head_revision()}
         st.emit(payload, lambda c: c.print(f"schema at {rev or 'base'} (head {payload['head']})"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -13,7 +14,8 @@ from rich.table import Table
 
 from ._app import app
 from ._options import JsonOpt
-from ._output import state
+from ._output import safe, state
+from ._render import number
 
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV with a header row on stdout.")]
 ParamOpt = Annotated[
@@ -31,10 +33,26 @@ def _params(pairs: Optional[List[str]]) -> dict[str, str]:
     return out
 
 
-def _cell(v) -> str:
+def _cell(v, *, display: bool = False) -> str:
+    """A value as text; ``display`` rounds floats to 4 significant digits (CSV keeps them exact)."""
     if v is None:
         return ""
+    if display and isinstance(v, float):
+        return number(v)
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def _database_name(db: str | None) -> str:
+    """Datasette's name for the database ``--db`` points at: an SQLite file's stem, else ``registry``."""
+    from sqlalchemy.engine import make_url
+
+    from ..registry._db import normalise_url
+    from ..registry.settings import default_db_url
+
+    url = make_url(normalise_url(db or default_db_url()))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).stem
+    return "registry"
 
 
 def _print(st, result, as_csv: bool) -> None:
@@ -45,9 +63,9 @@ def _print(st, result, as_csv: bool) -> None:
         return
 
     def render(c: Console) -> None:
-        t = Table(*result.columns)
+        t = Table(*(safe(col) for col in result.columns))
         for row in result.rows:
-            t.add_row(*(_cell(v) for v in row))
+            t.add_row(*(safe(_cell(v, display=True)) for v in row))
         c.print(t)
         if result.truncated:
             st.warn("more rows than --max-rows; output truncated")
@@ -61,7 +79,10 @@ def report(
     name: Annotated[Optional[str], typer.Argument(help="Report name; omit to list the reports.")] = None,
     param: ParamOpt = None,
     csv_: CsvOpt = False,
-    datasette: Annotated[bool, typer.Option("--datasette", help="Print Datasette metadata with every report.")] = False,
+    datasette: Annotated[
+        bool,
+        typer.Option("--datasette", help="Print Datasette metadata with every report, for the database --db names."),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run a named read-only report. In Python: reports.run_report(reg, name, params)."""
@@ -69,7 +90,7 @@ def report(
 
     with state(ctx, json_).errors() as st:
         if datasette:
-            sys.stdout.write(json.dumps(reports.datasette_metadata(), indent=2) + "\n")
+            sys.stdout.write(json.dumps(reports.datasette_metadata(_database_name(st.db)), indent=2) + "\n")
             return
         if name is None:
             def render(c: Console) -> None:
@@ -80,6 +101,7 @@ def report(
 
             st.emit({"reports": [r.to_dict() for r in reports.REPORTS]}, render)
             return
+        reports.get_report(name)  # an unknown name is reported before the database is opened
         _print(st, reports.run_report(st.registry(), name, _params(param)), csv_)
 
 

@@ -209,15 +209,29 @@ class Lineage:
         except ValueError as exc:
             raise NoComparableTensorsError(names[0], names[1], str(exc)) from None
 
-    def test_pair(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01) -> PairReport:
+    def test_pair(
+        self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01, progress: Progress | None = None,
+    ) -> PairReport:
         """Run the independence test between two models (names in the registry, or paths)."""
+        from ._pairs import known_result, store_result
+
         with self.registry.session() as s:
             (na, *sa), (nb, *sb) = self._source_of(s, a), self._source_of(s, b)
-        la, lb = self._load(*sa), self._load(*sb)
+            known = known_result(s, na, nb, tuple(sa), tuple(sb), method=method, alpha=alpha)
+        if known is not None:  # the same model twice, or a stored test of unchanged weights
+            return PairReport(na, nb, known)
+        say = progress or (lambda msg: None)
+        say(f"step 1 of 3: loading {na} (weights, and a forward pass for phi_MATCH)")
+        la = self._load(*sa)
+        say(f"step 2 of 3: loading {nb}")
+        lb = self._load(*sb)
+        say(f"step 3 of 3: testing {na} ~ {nb} (method {method})")
         result = self._test_loaded(la, lb, method=method, alpha=alpha, names=(na, nb))
         notes = tuple(dict.fromkeys(la.notes + lb.notes))
         if notes and not set(notes) <= set(result.notes):
             result = dataclasses.replace(result, notes=tuple(result.notes) + notes)
+        if method == "auto":
+            store_result(self.registry.session, na, nb, result)
         return PairReport(na, nb, result)
 
     # -- resolve ---------------------------------------------------------

@@ -48,6 +48,8 @@ class Registry:
         ``registry.db`` in the registry home.
     upgrade : bool
         Run pending migrations on open (the default: migrations run on first use).
+    force : bool
+        Add the registry's tables even to a database that holds other tables.
 
     Examples
     --------
@@ -55,11 +57,14 @@ class Registry:
     >>> reg.index(["./my-model"])              # doctest: +SKIP
     """
 
-    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, upgrade: bool = True, force: bool = False) -> None:
         self.url = _db.normalise_url(url or default_db_url())
         self.engine = _db.make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if upgrade and _db.current_revision(self.engine) != _db.head_revision():
+            from ._open import refuse_foreign
+
+            refuse_foreign(self.engine, force=force)  # never add tables to someone else's database
             _db.upgrade(self.engine)
         #: FAISS indexes over the ``fingerprints`` table (checked against SQL on first use).
         self.vectors = VectorStore(self._sessions, self.home)
@@ -136,8 +141,10 @@ class Registry:
         from ..indexer import open_source, scan_model
         from ..indexer.fingerprints import Fingerprinter
 
-        source = open_source(path)
-        label = name or source.default_name
+        from ._naming import absolute_path, choose_name, default_name
+
+        source = open_source(absolute_path(path))
+        label = name or default_name(source)
         cb = (lambda done, total: progress(label, done, total)) if progress else None
         fingerprinter = Fingerprinter(device=device, config=source.config)
         scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
@@ -145,6 +152,7 @@ class Registry:
         warnings = scan.warnings + fingerprint.notes
         removed: list[int] = []
         with self.session() as s:
+            label = choose_name(s, source, name, scan.content_digest)
             existing = s.scalar(select(Model).where(Model.name == label))
             if existing is not None and existing.content_digest == scan.content_digest:
                 # Same weights, maybe moved: later tests read them from the new place.
@@ -237,7 +245,9 @@ class Registry:
         rest are indexed; otherwise the first failure raises (models indexed
         before it stay, each in its own committed transaction).
         """
-        paths = list(paths)
+        from ._naming import expand_model_folders
+
+        paths = expand_model_folders(list(paths))  # a folder of model folders: each model in it
         if name is not None and len(paths) != 1:
             raise ValueError(f"--name applies to one path, got {len(paths)} paths")
         results, errors = [], []
@@ -437,9 +447,9 @@ class Registry:
             self._lineage = Lineage(self)
         return self._lineage
 
-    def test(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01) -> "PairReport":
+    def test(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01, progress=None) -> "PairReport":
         """Independence test between two models (names or paths). See :func:`lineage.independence_test`."""
-        return self.lineage.test_pair(a, b, method=method, alpha=alpha)
+        return self.lineage.test_pair(a, b, method=method, alpha=alpha, progress=progress)
 
     def resolve(self, *, full: bool = False, k: int = 10, alpha: float = 0.01, progress=None) -> "ResolveReport":
         """Place every unresolved model in the lineage graph (``full``: re-solve everything)."""
@@ -466,17 +476,12 @@ class Registry:
                 raise ModelNotFoundError(str(name_or_path), self.display_url)
             from ..indexer import open_source
 
-            source = open_source(name_or_path)
+            from ._naming import absolute_path
+
+            source = open_source(absolute_path(name_or_path))
             by_source = s.scalar(select(Model).where(Model.source == str(source.root)))
             if by_source is not None:
                 return by_source.name
-            taken = s.scalar(select(Model).where(Model.name == source.default_name))
-            if taken is not None:
-                raise RegistryError(
-                    f"'{source.default_name}' is already in the registry at {self.display_url} with other "
-                    f"weights (from {taken.source}). Index this path under another name: "
-                    f"mothertree index {source.root} --name NEW-NAME"
-                )
         return None
 
     def descendants(self, name: str) -> "LineageView":
