@@ -7,6 +7,7 @@ line (``mothertree models --db x.db`` is ``mothertree --db x.db models``).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -65,6 +66,13 @@ app = typer.Typer(
 )
 
 
+def _quiet_transformers() -> None:
+    """transformers' config and generation warnings are not ours to show; its errors still are."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # already imported (an embedding program, the test runner)
+        sys.modules["transformers"].logging.set_verbosity_error()
+
+
 def _version(value: bool) -> None:
     if value:
         from .. import __version__
@@ -84,6 +92,5 @@ def _global(
     ] = None,
 ) -> None:
     """Model provenance registry: index weights, find relatives, prove lineage."""
-    # transformers' config and generation warnings are not ours to show; errors still are.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_transformers()
     ctx.obj = State(db=db, json=json_)

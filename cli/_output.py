@@ -21,7 +21,7 @@ from ..registry.settings import debug
 
 __all__ = ["State", "clean_json", "safe", "Reporter"]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def safe(text: object) -> str:
