@@ -136,9 +136,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}(@[\w./-]
 
 
 def is_hub_id(arg: str) -> bool:
-    """True for ``org/name`` or ``org/name@revision`` that is not an existing local path."""
-    return bool(_HUB_ID.match(arg)) and not Path(arg.split("@", 1)[0]).expanduser().exists() \
-        and not Path(arg).expanduser().exists()
+    """True for ``org/name`` or ``org/name@revision`` that is not a local path.
+
+    A local folder called ``org`` makes ``org/name`` a (mistyped) path, not a hub id.
+    """
+    if not _HUB_ID.match(arg):
+        return False
+    return not any(Path(p).expanduser().exists() for p in (arg, arg.split("@", 1)[0], arg.split("/", 1)[0]))
 
 
 def hub_ids(args: list[str]) -> tuple[list[str], list[str]]:

@@ -274,6 +274,17 @@ def test_index_accepts_hub_ids(cli, fake_hub):
     assert "acme/llama-base" in _names(cli)
 
 
+def test_a_mistyped_local_path_is_not_a_hub_id(cli, tmp_path, monkeypatch):
+    from mothertree.registry._naming import is_hub_id
+
+    (tmp_path / "runA").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("acme/llama-base") and is_hub_id("acme/llama-base@v1")
+    assert not is_hub_id("runA/checkpoint-5OO") and not is_hub_id("a/b/c") and not is_hub_id("gpt2")
+    code, out, err = cli("index", "runA/checkpoint-5OO")
+    assert (code, err) == (1, f"Error: {tmp_path / 'runA' / 'checkpoint-5OO'}: no such file or folder\n")
+
+
 def test_index_a_folder_of_model_folders(cli, tiny_models, tmp_path):
     zoo = tmp_path / "zoo"
     for kind in ("llama", "gpt2"):
