@@ -75,9 +75,9 @@ def _quiet_transformers() -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        import mothertree
 
-        typer.echo(f"mothertree {__version__}")
+        typer.echo(f"mothertree {mothertree.__version__}")
         raise typer.Exit()
 
 

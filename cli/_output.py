@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from ..registry import Registry
+from ..serialize import to_jsonable
 from ..registry.errors import MothertreeError
 from ..registry.settings import debug
 
@@ -150,14 +151,8 @@ class Reporter:
 
 
 def clean_json(obj: Any) -> Any:
-    """Make a ``to_dict()`` result strict-JSON safe: NaN and infinities become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    return obj
+    """Make a ``to_dict()`` result strict-JSON safe (the one rule of :func:`mothertree.serialize.to_jsonable`)."""
+    return to_jsonable(obj)
 
 
 @dataclass
@@ -168,14 +163,16 @@ class State:
     json: bool = False
     stdout: Console = field(default_factory=lambda: Console(soft_wrap=True))
     stderr: Console = field(default_factory=lambda: Console(stderr=True))
+    #: ``db`` commands open the database as it is (no migration on open).
+    upgrade_on_open: bool = True
     _registry: Registry | None = None
 
     def registry(self, *, create: bool = False, force: bool = False) -> Registry:
         """The registry at ``--db``; only commands that may create one pass ``create=True``."""
         if self._registry is None:
-            from ..registry._open import open_registry
+            from ..registry import open_registry
 
-            self._registry = open_registry(self.db, create=create, force=force)
+            self._registry = open_registry(self.db, create=create, force=force, upgrade=self.upgrade_on_open)
         return self._registry
 
     @property

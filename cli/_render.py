@@ -164,3 +164,18 @@ def number(x: object, digits: int = 4) -> str:
             return "nan"
         return f"{x:.{digits}g}"
     return "" if x is None else str(x)
+
+
+def print_plan(c: Console, plan: dict[str, Any]) -> None:
+    """A resolve plan (``ResolvePlan.to_dict()``), for humans."""
+    kind = "full" if plan["full"] else "incremental"
+    c.print(f"Resolve plan ({kind}, k={plan['k']}, FDR alpha {plan['alpha']}): {len(plan['models'])} model(s) to resolve")
+    if plan["deletes"]:
+        c.print("  forget first: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in plan["deletes"].items()))
+    c.print(f"  {len(plan['pairs'])} pair(s) to test")
+    for p in plan["pairs"]:
+        c.print(f"    {p['a']} ~ {p['b']}")
+    c.print(f"  {len(plan['families'])} famil(ies) that may be re-solved")
+    for f in plan["families"]:
+        c.print("    " + ", ".join(f))
+    c.print("Dry run: nothing written. Apply it with: mothertree resolve" + (" --full" if plan["full"] else ""))

@@ -16,19 +16,9 @@ app.add_typer(db_app, name="db")
 
 
 def _open(ctx: typer.Context, json_: bool):
-    return state(ctx, json_)
-
-
-def _reg(st, *, create: bool = False):
-    """The registry without migrating it; only ``db upgrade`` may create one."""
-    if st._registry is None:
-        from ..registry import Registry
-        from ..registry._open import check_registry, database_state
-
-        if not create or database_state(st.db) == "foreign":  # one line, nothing created, for a mistyped --db
-            check_registry(st.db)
-        st._registry = Registry(st.db, upgrade=False)
-    return st._registry
+    st = state(ctx, json_)
+    st.upgrade_on_open = False  # the database as it is; only ``db upgrade`` may create one
+    return st
 
 
 @db_app.command("upgrade")
@@ -40,7 +30,7 @@ def upgrade(
     """Apply migrations up to REVISION. In Python: Registry(url).upgrade(revision)."""
     st = _open(ctx, json_)
     with st.errors():
-        rev = _reg(st, create=True).upgrade(revision)
+        rev = st.registry(create=True).upgrade(revision)
         st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev}"))
 
 
@@ -55,7 +45,7 @@ def downgrade(
     st = _open(ctx, json_)
     with st.errors():
         if revision == "base" and not yes:
-            where = _reg(st).display_url
+            where = st.registry().display_url
             if st.json or not sys.stdin.isatty():
                 raise ValueError(
                     f"db downgrade base drops every table of the registry at {where}, with all its models; "
@@ -63,7 +53,7 @@ def downgrade(
                 )
             if not typer.confirm(f"Drop every table of the registry at {where}, with all its models?"):
                 raise typer.Exit(1)
-        rev = _reg(st).downgrade(revision)
+        rev = st.registry().downgrade(revision)
         st.emit({"schema_revision": rev}, lambda c: c.print(f"schema at revision {rev or 'base'}"))
 
 
@@ -72,8 +62,8 @@ def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Print the schema revision the database is at."""
     st = _open(ctx, json_)
     with st.errors():
-        from ..registry._db import current_revision, head_revision
+        from ..registry import schema_head
 
-        rev = current_revision(_reg(st).engine)
-        payload = {"schema_revision": rev, "head": head_revision()}
+        rev = st.registry().schema_revision()
+        payload = {"schema_revision": rev, "head": schema_head()}
         st.emit(payload, lambda c: c.print(f"schema at {rev or 'base'} (head {payload['head']})"))

@@ -30,9 +30,9 @@ def demo(
     workdir: Annotated[Optional[Path], typer.Option(help="Where to build (default: MOTHERTREE_HOME/demo).")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Build a small model family, index it, recover its tree and check it. In Python: registry.run_demo()."""
+    """Build a small model family, index it, recover its tree and check it. In Python: mothertree.bench.demo.run_demo()."""
     with state(ctx, json_).errors() as st:
-        from ..registry import run_demo
+        from ..bench.demo import run_demo
 
         with st.reporter() as rep:  # step lines on stderr as they happen, with an ETA for the tests
             result = run_demo(workdir, progress=rep.message)

@@ -60,8 +60,8 @@ def index_hub(
     json_: JsonOpt = False,
 ) -> None:
     """Fetch only what indexing needs from the hub and index it. In Python: index_hub(reg, repos)."""
-    from ..registry._hub import RetryPolicy
-    from ..registry._hub import index_hub as run
+    from ..registry import RetryPolicy
+    from ..registry import index_hub as run
 
     with state(ctx, json_).errors() as st:
         report = run(st.registry(create=True), repos, lite=lite, blocks=blocks, retry=RetryPolicy(max_attempts=retries),
@@ -96,8 +96,8 @@ def crawl_hub(
 ) -> None:
     """Index what a hub query lists, skipping unchanged repos; safe to interrupt and rerun.
     In Python: crawl_hub(reg, author=..., search=...)."""
-    from ..registry._hub import RetryPolicy
-    from ..registry._hub import crawl_hub as run
+    from ..registry import RetryPolicy
+    from ..registry import crawl_hub as run
 
     with state(ctx, json_).errors() as st:
         report = run(
@@ -110,7 +110,7 @@ def crawl_hub(
 @app.command("index-cache")
 def index_cache(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Index every model in the local Hugging Face cache, with no network. In Python: index_cache(reg)."""
-    from ..registry._hub import index_cache as run
+    from ..registry import index_cache as run
 
     with state(ctx, json_).errors() as st:
         report = run(st.registry(create=True), progress=_progress(st))

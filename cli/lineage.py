@@ -54,13 +54,21 @@ def resolve(
     full: Annotated[bool, typer.Option("--full", help="Forget every test and edge and re-solve everything.")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="Candidates tested per model.")] = 10,
     alpha: Annotated[float, typer.Option(help="False discovery rate (Benjamini-Hochberg) over all tested pairs.")] = 0.01,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (pairs to test, families, deletions) and write nothing.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Test candidate pairs of unresolved models and refresh their families. In Python: Registry.resolve()."""
+    """Test candidate pairs of unresolved models and refresh their families. In Python: Registry.resolve(); the plan: Registry.plan_resolve()."""
     with state(ctx, json_).errors() as st:
+        plan = st.registry().plan_resolve(full=full, k=k, alpha=alpha)
+        for w in plan.warnings:
+            st.warn(w)
+        if dry_run:
+            d = plan.to_dict()
+            st.emit(d, lambda c: _render.print_plan(c, d))
+            return
         with st.reporter() as rep:
-            report = st.registry().resolve(full=full, k=k, alpha=alpha, progress=rep.message)
-        for w in report.warnings:
+            report = plan.execute(progress=rep.message)
+        for w in report.warnings[len(plan.warnings):]:
             st.warn(w)
         d = report.to_dict()
         st.emit(d, lambda c: c.print(
@@ -78,13 +86,14 @@ def _show(ctx: typer.Context, json_: bool, call) -> None:
 @app.command()
 def ancestry(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name, or a path to index and place first.")],
+    model: Annotated[str, typer.Argument(help="Model name or indexed path; with --add, a new path.")],
+    add: Annotated[bool, typer.Option("--add", help="Index a new path and resolve only what it touches (its candidates and family).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Parents of a model up to the roots, each edge with its evidence. In Python: Registry.ancestry(x)."""
+    """Parents of a model up to the roots, each edge with its evidence; reads only unless --add. In Python: Registry.ancestry(x, add=False)."""
     with state(ctx, json_).errors() as st:
         with st.reporter() as rep:
-            view = st.registry(create=Path(model).exists()).ancestry(model, progress=rep.message).to_dict()
+            view = st.registry(create=add).ancestry(model, add=add, progress=rep.message).to_dict()
 
         def render(c: Console) -> None:
             if not view["edges"]:
@@ -120,19 +129,20 @@ class TreeFormat(str, Enum):
 @app.command()
 def tree(
     ctx: typer.Context,
-    family_of: Annotated[Optional[str], typer.Option("--family", help="Only the family of this model.")] = None,
+    of: Annotated[Optional[str], typer.Option("--of", help="Only the lineage family of this model.")] = None,
+    family_of: Annotated[Optional[str], typer.Option("--family", hidden=True, help="Deprecated: use --of.")] = None,
     fmt: Annotated[TreeFormat, typer.Option("--format", help="text, json, mermaid, dot, svg or png.")] = TreeFormat.text,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="File for svg/png (default: lineage.svg / lineage.png).")
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """The recovered family trees (a DAG: merges have several parents). In Python: Registry.tree().
+    """The recovered family trees (a DAG: merges have several parents). In Python: Registry.tree(of=None).
 
     --format svg or png draws a picture without Graphviz."""
     st = state(ctx, json_ or fmt == TreeFormat.json)
     with st.errors():
-        view = st.registry().tree(family_of).to_dict()
+        view = st.registry().tree(of or family_of).to_dict()
         if fmt in (TreeFormat.svg, TreeFormat.png):
             from . import _picture
 

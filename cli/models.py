@@ -24,9 +24,7 @@ def init(
     """Create the registry (or bring it to the latest schema). In Python: Registry(url)."""
     with state(ctx, json_).errors() as st:
         reg = st.registry(create=True, force=force)
-        from ..registry._db import current_revision
-
-        payload = {"db": reg.display_url, "schema_revision": current_revision(reg.engine), "vectors": str(reg.home)}
+        payload = {"db": reg.display_url, "schema_revision": reg.schema_revision(), "vectors": str(reg.home)}
         st.emit(payload, lambda c: c.print(f"Registry ready at {payload['db']} (schema {payload['schema_revision']})"))
 
 
@@ -48,7 +46,7 @@ def index(
     """Index models: roles, statistics and digests in SQL. In Python: Registry.index(paths).
 
     Each model gets a unique name (printed); see "Names and revisions" in the README."""
-    from ..registry._naming import hub_ids
+    from ..registry import hub_ids
 
     with state(ctx, json_).errors() as st:
         hub, local = hub_ids(paths)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -42,19 +41,6 @@ def _cell(v, *, display: bool = False) -> str:
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def _database_name(db: str | None) -> str:
-    """Datasette's name for the database ``--db`` points at: an SQLite file's stem, else ``registry``."""
-    from sqlalchemy.engine import make_url
-
-    from ..registry._db import normalise_url
-    from ..registry.settings import default_db_url
-
-    url = make_url(normalise_url(db or default_db_url()))
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(url.database).stem
-    return "registry"
-
-
 def _print(st, result, as_csv: bool) -> None:
     if as_csv:
         w = csv.writer(sys.stdout, lineterminator="\n")
@@ -85,12 +71,12 @@ def report(
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a named read-only report. In Python: reports.run_report(reg, name, params)."""
+    """Run a named read-only report. In Python: reg.report(name, params)."""
     from ..registry import reports
 
     with state(ctx, json_).errors() as st:
         if datasette:
-            sys.stdout.write(json.dumps(reports.datasette_metadata(_database_name(st.db)), indent=2) + "\n")
+            sys.stdout.write(json.dumps(reports.datasette_metadata(reports.datasette_database_name(st.db)), indent=2) + "\n")
             return
         if name is None:
             def render(c: Console) -> None:
@@ -102,7 +88,7 @@ def report(
             st.emit({"reports": [r.to_dict() for r in reports.REPORTS]}, render)
             return
         reports.get_report(name)  # an unknown name is reported before the database is opened
-        _print(st, reports.run_report(st.registry(), name, _params(param)), csv_)
+        _print(st, st.registry().report(name, _params(param)), csv_)
 
 
 @app.command("sql")
@@ -114,8 +100,6 @@ def sql(
     csv_: CsvOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run ad-hoc read-only SQL; writes are refused. In Python: reports.run_sql(reg, query)."""
-    from ..registry import reports
-
+    """Run ad-hoc read-only SQL; writes are refused. In Python: reg.query(sql)."""
     with state(ctx, json_).errors() as st:
-        _print(st, reports.run_sql(st.registry(), query, _params(param), max_rows=max_rows), csv_)
+        _print(st, st.registry().query(query, _params(param), max_rows=max_rows), csv_)

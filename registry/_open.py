@@ -96,8 +96,13 @@ def refuse_foreign(engine: "Engine", *, force: bool = False) -> None:
         raise RegistryError(_foreign_message(engine.url.render_as_string(hide_password=False), tables))
 
 
-def open_registry(url: str | None, *, create: bool = False, force: bool = False) -> "Registry":
+def open_registry(
+    url: str | None, *, create: bool = False, force: bool = False, upgrade: bool = True,
+) -> "Registry":
     """A :class:`Registry` for ``url``; with ``create=False`` only an existing registry is opened.
+
+    ``upgrade=False`` opens the database as it is (no migration on open: the
+    ``db`` commands); a database holding other tables is still refused.
 
     Raises
     ------
@@ -109,9 +114,9 @@ def open_registry(url: str | None, *, create: bool = False, force: bool = False)
     from ._registry import Registry
 
     url = _db.normalise_url(url or default_db_url())
-    if not create:
-        check_registry(url)
-    return Registry(url, force=force)
+    if not create or (not force and not upgrade and database_state(url) == "foreign"):
+        check_registry(url)  # one line, nothing created, for a mistyped --db
+    return Registry(url, upgrade=upgrade, force=force)
 
 
 def check_registry(url: str | None) -> None:

@@ -31,14 +31,11 @@ class MothertreeError(Exception):
 class ModelNotFoundError(MothertreeError, LookupError):
     """A model name that is not in the registry."""
 
-    def __init__(self, name: str, db: str | None = None) -> None:
-        self.model_id = name
+    def __init__(self, name: str, db: str | None = None, *, hint: str = "Index it with: mothertree index PATH") -> None:
+        self.name = name
         self.db = db
         where = f" at {db}" if db else ""
-        super().__init__(
-            f"Model '{name}' is not in the registry{where}. "
-            f"Index it with: mothertree index PATH"
-        )
+        super().__init__(f"Model '{name}' is not in the registry{where}. {hint}")
 
 
 class UnreadableWeightsError(MothertreeError, ValueError):

@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ReadOnlyQueryError
 
 if TYPE_CHECKING:
-    from ._registry import Registry
+    from ._connection import Connection as Registry
 
 __all__ = [
     "ReportParam",
@@ -45,6 +45,7 @@ __all__ = [
     "run_sql",
     "datasette_metadata",
     "datasette_queries",
+    "datasette_database_name",
 ]
 
 
@@ -373,6 +374,21 @@ def datasette_queries() -> dict[str, Any]:
         }
         for r in REPORTS
     }
+
+
+def datasette_database_name(db: str | None) -> str:
+    """Datasette's name for the database ``db`` (a URL or SQLite path): an SQLite file's stem, else ``registry``."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from ._db import normalise_url
+    from .settings import default_db_url
+
+    url = make_url(normalise_url(db or default_db_url()))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).stem
+    return "registry"
 
 
 def datasette_metadata(database: str = "registry") -> dict[str, Any]:

@@ -335,15 +335,15 @@ def test_reports_round_floats_for_display(cli):
 
 
 def test_demo_explains_its_numbers_and_merges(cli, monkeypatch):
-    import mothertree.registry as registry
-    from mothertree.registry._demo import DemoResult
+    import mothertree.bench.demo as demo
+    from mothertree.bench.demo import DemoResult
 
     edge = {"relation": "merge", "p_value_log10": -40.0, "direction_confidence": 0.9, "method": "exact"}
     tree = {"model": None, "models": [{"name": n} for n in ("a", "b", "m")], "roots": ["a", "b"], "notes": [],
             "edges": [dict(edge, parent="a", child="m"), dict(edge, parent="b", child="m")]}
     fake = DemoResult(db="demo.db", zoo="zoo", models=("a", "b", "m"), tree=tree,
                       truth=(("a", "m", "merge"), ("b", "m", "merge")), correct_edges=2, true_edges=2)
-    monkeypatch.setattr(registry, "run_demo", lambda workdir, progress=None: fake)
+    monkeypatch.setattr(demo, "run_demo", lambda workdir, progress=None: fake)
     code, out, _ = cli("demo")
     assert code == 0
     assert "(2 parents; also under b)" in out and "(2 parents; also under a)" in out
