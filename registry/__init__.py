@@ -8,6 +8,8 @@ from . import errors, reports, settings
 from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary
+from ._naming import hub_ids, validate_name
+from ._open import open_registry
 from ._pairs import PairReport
 from ._queries import EdgeView, LineageView
 from ._registry import Registry
@@ -17,7 +19,10 @@ from .reports import NamedReport, QueryResult
 
 __all__ = [
     "Registry",
+    "open_registry",
     "schema_head",
+    "hub_ids",
+    "validate_name",
     "IndexReport",
     "IndexResult",
     "ModelDetail",

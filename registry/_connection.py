@@ -26,11 +26,14 @@ __all__ = ["Connection"]
 class Connection:
     """One database (and, beside it, the FAISS files)."""
 
-    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, upgrade: bool = True, force: bool = False) -> None:
         self.url = _db.normalise_url(url or default_db_url())
         self.engine = _db.make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if upgrade and _db.current_revision(self.engine) != _db.head_revision():
+            from ._open import refuse_foreign
+
+            refuse_foreign(self.engine, force=force)  # never add tables to someone else's database
             _db.upgrade(self.engine)
         #: FAISS indexes over the ``fingerprints`` table (checked against SQL on first use).
         self.vectors = VectorStore(self._sessions, self.home)

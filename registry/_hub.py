@@ -269,7 +269,7 @@ def _index_repo(
                     folder, transferred, size = client.download(info)
                     num_parameters = None
                 break
-            except (MothertreeError, OSError, ValueError) as exc:
+            except (MothertreeError, OSError, ValueError, *_network_errors()) as exc:
                 status = "unsupported" if isinstance(exc, UnsupportedFormatError) else "failed"
                 if is_transient(exc) and tries < retry.max_attempts:
                     sleep(retry.delay(tries, retry_after(exc)))
@@ -277,6 +277,9 @@ def _index_repo(
                 if not is_transient(exc) and _offline_error(exc):
                     raise HubError(repo_id, f"offline ({exc}); unset HF_HUB_OFFLINE or use index-cache") from exc
                 msg = _message(exc)
+                if isinstance(exc, _network_errors()):
+                    msg = (f"cannot reach the Hugging Face Hub ({msg}); check the network or HF_ENDPOINT, "
+                           "or index local copies with: mothertree index-cache")
                 attempts = _record_failure(reg, repo_id, sha, status, msg, tries)
                 return HubIndexResult(repo_id, sha, status, attempts=attempts, error=msg)
         try:
@@ -296,6 +299,13 @@ def _index_repo(
         repo_id, info.sha, "lite" if lite else result.status, attempts=attempts,
         bytes_transferred=transferred, file_size=size, revision=result.revision,
     )
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport failures of the hub's HTTP client (not ``OSError`` subclasses)."""
+    import httpx2
+
+    return (httpx2.TransportError,)
 
 
 def _offline_error(exc: BaseException) -> bool:

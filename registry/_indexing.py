@@ -44,8 +44,10 @@ def index_one(
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
 
-    source = open_source(path)
-    label = name or source.default_name
+    from ._naming import absolute_path, choose_name, default_name
+
+    source = open_source(absolute_path(path))
+    label = name or default_name(source)
     cb = (lambda done, total: progress(label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
     scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
@@ -53,6 +55,7 @@ def index_one(
     warnings = scan.warnings + fingerprint.notes
     removed: list[int] = []
     with conn.session() as s:
+        label = choose_name(s, source, name, scan.content_digest)
         existing = s.scalar(select(Model).where(Model.name == label))
         if existing is not None and existing.content_digest == scan.content_digest:
             model, status, added = existing, "unchanged", _refresh_unchanged(s, existing, source, created_at, fingerprint)
@@ -135,7 +138,9 @@ def index_many(
     progress: Progress | None = None, keep_going: bool = False, device: str = "auto",
 ) -> IndexReport:
     """Index several paths, each in its own transaction (see ``Registry.index``)."""
-    paths = list(paths)
+    from ._naming import expand_model_folders
+
+    paths = expand_model_folders(list(paths))  # a folder of model folders: each model in it
     if name is not None and len(paths) != 1:
         raise ValueError(f"--name applies to one path, got {len(paths)} paths")
     results, errors = [], []

@@ -12,18 +12,14 @@ from ._connection import Connection
 from ._schema import Fingerprint, Model
 from .errors import ModelNotFoundError, RegistryError
 
-__all__ = ["name_for", "stored_candidates", "path_candidates", "NameTakenError"]
-
-
-class NameTakenError(RegistryError):
-    """A new path whose default name belongs to other weights in the registry."""
+__all__ = ["name_for", "stored_candidates", "path_candidates"]
 
 
 def name_for(conn: Connection, name_or_path: str | os.PathLike) -> str | None:
     """The registry name of a model name or an indexed path; ``None`` for a path not indexed.
 
-    A new path whose default name is already taken by other weights raises
-    :class:`NameTakenError` rather than passing for a new revision of that model.
+    A new path whose default name is already taken by other weights is not
+    indexed, so ``None``: indexing gives it a name of its own (``_naming``).
     """
     with conn.session() as s:
         if s.scalar(select(Model.id).where(Model.name == str(name_or_path))) is not None:
@@ -31,18 +27,12 @@ def name_for(conn: Connection, name_or_path: str | os.PathLike) -> str | None:
         if not Path(name_or_path).expanduser().exists():
             raise ModelNotFoundError(str(name_or_path), conn.display_url)
         from ..indexer import open_source
+        from ._naming import absolute_path
 
-        source = open_source(name_or_path)
+        source = open_source(absolute_path(name_or_path))
         by_source = s.scalar(select(Model).where(Model.source == str(source.root)))
         if by_source is not None:
             return by_source.name
-        taken = s.scalar(select(Model).where(Model.name == source.default_name))
-        if taken is not None:
-            raise NameTakenError(
-                f"'{source.default_name}' is already in the registry at {conn.display_url} with other "
-                f"weights (from {taken.source}). Index this path under another name: "
-                f"mothertree index {source.root} --name NEW-NAME"
-            )
     return None
 
 
@@ -65,10 +55,11 @@ def path_candidates(conn: Connection, path: str | os.PathLike, *, k: int = 10, d
     """Candidates of a model folder or file, fingerprinted in memory; nothing is stored."""
     from ..indexer import open_source
     from ..indexer.fingerprints import fingerprint_model
+    from ._naming import absolute_path, default_name
 
-    source = open_source(path)
+    source = open_source(absolute_path(path))
     query = fingerprint_model(source.root, device=device)
     with conn.session() as s:
         return find_candidates(
-            s, conn.vectors, query, name=source.default_name, exclude_model_id=None, k=k, stored=False,
+            s, conn.vectors, query, name=default_name(source), exclude_model_id=None, k=k, stored=False,
         )

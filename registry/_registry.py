@@ -50,6 +50,8 @@ class Registry(Connection):
         ``registry.db`` in the registry home.
     upgrade : bool
         Run pending migrations on open (the default: migrations run on first use).
+    force : bool
+        Add the registry's tables even to a database that holds other tables.
 
     Examples
     --------
@@ -57,8 +59,10 @@ class Registry(Connection):
     >>> reg.index(["./my-model"])              # doctest: +SKIP
     """
 
-    def __init__(self, url: str | None = None, *, upgrade: bool = True, cache_bytes: int = 4 << 30) -> None:
-        super().__init__(url, upgrade=upgrade)
+    def __init__(
+        self, url: str | None = None, *, upgrade: bool = True, force: bool = False, cache_bytes: int = 4 << 30,
+    ) -> None:
+        super().__init__(url, upgrade=upgrade, force=force)
         self._pairs = PairTester(self, WeightsCache(cache_bytes))
 
     def __enter__(self) -> "Registry":
@@ -170,15 +174,9 @@ class Registry(Connection):
         ModelNotFoundError
             When ``model_or_path`` is neither a registry name nor an existing path.
         RegistryError
-            When the model was indexed before fingerprints existed (run ``mothertree reindex``),
-            or, with ``add``, when the path's name belongs to other weights.
+            When the model was indexed before fingerprints existed (run ``mothertree reindex``).
         """
-        try:
-            name = _lookup.name_for(self, model_or_path)
-        except _lookup.NameTakenError:
-            if add:
-                raise
-            name = None  # its name belongs to other weights: query the path in memory
+        name = _lookup.name_for(self, model_or_path)
         if name is None and add:
             name = self.index_one(model_or_path, device=device).name
         if name is None:
@@ -186,9 +184,16 @@ class Registry(Connection):
         return _lookup.stored_candidates(self, name, k=k)
 
     # -- lineage ---------------------------------------------------------
-    def test(self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01) -> PairReport:
-        """Independence test between two models (names or paths). See :func:`lineage.independence_test`."""
-        return self._pairs.test(a, b, method=method, alpha=alpha)
+    def test(
+        self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01,
+        progress: Callable[[str], None] | None = None,
+    ) -> PairReport:
+        """Independence test between two models (names or paths). See :func:`lineage.independence_test`.
+
+        The same model twice, or a pair whose stored ``auto`` test still describes
+        both models' weights, is answered without a recomputation.
+        """
+        return self._pairs.test(a, b, method=method, alpha=alpha, progress=progress)
 
     def plan_resolve(
         self, *, full: bool = False, k: int = 10, alpha: float = 0.01, models: Iterable[str] | None = None,

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyQueryError",
     "NoComparableTensorsError",
     "HubError",
+    "InvalidNameError",
 ]
 
 
@@ -78,3 +79,11 @@ class HubError(MothertreeError, ConnectionError):
     def __init__(self, repo_id: str, problem: str) -> None:
         self.repo_id = repo_id
         super().__init__(f"Hub repo '{repo_id}': {problem}")
+
+
+class InvalidNameError(MothertreeError, ValueError):
+    """A registry name that is refused: control characters, too long, a path escape."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.model_id = name
+        super().__init__(f"{problem}. Choose another with: mothertree index PATH --name NAME")

@@ -25,7 +25,7 @@ def test_init_creates_the_schema(cli, tmp_path):
 def test_db_downgrade_to_base_and_back(cli, tmp_path):
     db = str(tmp_path / "mig.db")
     _json(cli("--db", db, "--json", "init"))
-    assert _json(cli("--db", db, "--json", "db", "downgrade", "base"))["schema_revision"] is None
+    assert _json(cli("--db", db, "--json", "db", "downgrade", "base", "--yes"))["schema_revision"] is None
     assert _json(cli("--db", db, "--json", "db", "current"))["schema_revision"] is None
     from mothertree.registry import schema_head
 

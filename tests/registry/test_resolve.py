@@ -151,13 +151,17 @@ def test_zoo_incremental_placement(resolved_zoo, tmp_path):
 
 
 def test_paths_never_overwrite_other_models(registry, small_family, tmp_path):
-    from mothertree.registry.errors import RegistryError
+    from mothertree.registry.errors import ModelNotFoundError
 
     registry.index_one(small_family["parent"], name="llama")
     registry.resolve()
     impostor = shutil.copytree(small_family["stranger"], tmp_path / "llama")
-    with pytest.raises(RegistryError, match="'llama' is already in the registry .* with other weights"):
-        registry.ancestry(str(impostor), add=True)
+    # Another path whose folder is also called "llama" is not known (ancestry reads only) and, once
+    # added, gets its own name, never a revision of "llama".
+    with pytest.raises(ModelNotFoundError, match="--add"):
+        registry.ancestry(str(impostor))
+    view = registry.ancestry(str(impostor), add=True)
+    assert view.model == f"{tmp_path.name}/llama"
     assert registry.model("llama").model.revision == 1
     # An indexed path is recognised by its source, and is not its own candidate.
     cands = registry.candidates(str(small_family["parent"]))
