@@ -53,6 +53,8 @@ __all__ = [
     "fail",
     "run_job",
     "work",
+    "work_ray",
+    "wait_for",
     "worker_name",
 ]
 
@@ -404,3 +406,104 @@ def wait_for(reg: "Registry", job_id: int, *, timeout_s: float = 60.0, poll_s: f
         if job.status in ("done", "failed") or time.monotonic() > deadline:
             return job
         time.sleep(poll_s)
+
+
+# -- Ray ----------------------------------------------------------------------
+class _SqlOnlyVectors:
+    """Stands in for the FAISS store inside a Ray task: the task writes SQL only,
+    and the driver brings the FAISS files up to date from SQL."""
+
+    def update(self, *, add=(), remove=()) -> None:
+        pass
+
+
+def _index_in_task(url: str, job: dict[str, Any]) -> tuple[str | None, str]:
+    """Body of the Ray task: download and fingerprint one target, commit its rows in one transaction."""
+    from ._registry import Registry
+
+    reg = Registry(url, upgrade=False)
+    reg.vectors = _SqlOnlyVectors()  # type: ignore[assignment]
+    try:
+        return index_target(reg, job)
+    finally:
+        reg.close()
+
+
+def work_ray(
+    reg: "Registry",
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    parallel: int | None = None,
+    lease_s: float = 60.0,
+    max_jobs: int | None = None,
+    idle_exit: bool = False,
+    poll_s: float = 1.0,
+    stop: threading.Event | None = None,
+    worker: str | None = None,
+    progress: Callable[[JobView], None] | None = None,
+) -> WorkReport:
+    """Like :func:`work`, with each job's download, reading and fingerprinting run as a Ray task.
+
+    The driver (this process) claims jobs and holds their leases; up to
+    ``parallel`` (default: the cluster's CPUs) tasks run at once, each
+    requesting one GPU when the cluster has GPUs. A task commits its model's
+    rows in one transaction (PostgreSQL for a multi-machine cluster; each task
+    opens its own connection) and never touches FAISS. The driver then brings
+    the FAISS files up to date from SQL, places the model (``resolve``: its
+    pair tests run in the driver) and marks the job done.
+
+    Without ``address`` a local Ray is started (``num_cpus`` caps it).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        if address is None:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=128 * 2**20)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    resources = ray.cluster_resources()
+    task = ray.remote(_index_in_task).options(num_gpus=1 if resources.get("GPU", 0) >= 1 else 0, max_retries=0)
+    slots = parallel or max(1, int(resources.get("CPU", 1)))
+    worker = worker or worker_name()
+    stop = stop or threading.Event()
+    inflight: dict[Any, tuple[JobView, _Lease]] = {}
+    done: list[JobView] = []
+    started = 0
+    try:
+        while not stop.is_set():
+            while len(inflight) < slots and (max_jobs is None or started < max_jobs):
+                job = claim(reg, worker, lease_s=lease_s)
+                if job is None:
+                    break
+                ref = task.remote(reg.url, {"kind": job.kind, "target": job.target, "revision": job.revision})
+                inflight[ref] = (job, _Lease(reg, job, lease_s))
+                started += 1
+            if not inflight:
+                if idle_exit or (max_jobs is not None and started >= max_jobs):
+                    break
+                stop.wait(poll_s)
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=poll_s)
+            for ref in ready:
+                job, lease = inflight.pop(ref)
+                try:
+                    model, status = ray.get(ref)
+                    reg.vectors.check()  # FAISS from SQL: the task wrote rows only
+                    result = place(reg, model, status)
+                except Exception as exc:  # a task's error arrives wrapped by Ray
+                    lease.stop()
+                    cause = getattr(exc, "cause", None) or exc
+                    fail(reg, job, _message(cause))
+                else:
+                    lease.stop()
+                    finish(reg, job, result)
+                final = get_job(reg, job.id)
+                done.append(final)
+                if progress is not None:
+                    progress(final)
+    finally:
+        for job, lease in inflight.values():  # interrupted: the leases lapse and the jobs are re-run
+            lease.stop()
+    return WorkReport(worker, tuple(done))
