@@ -33,7 +33,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ._models import iso
-from ._schema import Job
+from ._schema import Job, Model
 from .errors import MothertreeError
 
 if TYPE_CHECKING:
@@ -429,6 +429,19 @@ def _index_in_task(url: str, job: dict[str, Any]) -> tuple[str | None, str]:
         reg.close()
 
 
+def _sync_vectors(reg: "Registry", model: str | None) -> None:
+    """Add a model's fingerprint rows, read back from SQL, to the FAISS files (ids already there are skipped)."""
+    import numpy as np
+
+    if model is None:
+        return
+    with reg.session() as s:
+        mid = s.scalar(select(Model.id).where(Model.name == model))
+        rows = [] if mid is None else reg.vectors.vectors(s, [mid])
+        add = [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]
+    reg.vectors.update(add=add)
+
+
 def work_ray(
     reg: "Registry",
     *,
@@ -490,7 +503,7 @@ def work_ray(
                 job, lease = inflight.pop(ref)
                 try:
                     model, status = ray.get(ref)
-                    reg.vectors.check()  # FAISS from SQL: the task wrote rows only
+                    _sync_vectors(reg, model)  # FAISS from SQL: the task wrote rows only
                     result = place(reg, model, status)
                 except Exception as exc:  # a task's error arrives wrapped by Ray
                     lease.stop()

@@ -164,3 +164,16 @@ def test_webhook_checks_the_secret_ignores_what_it_does_not_need_and_is_idempote
         _error_shape(c.post("/v1/webhooks/hub", json=_payload(sha="zzz"), headers={"X-Webhook-Secret": ""}), 401,
                      "Unauthorized")
     assert _jobs(url) == 1
+
+
+def test_service_imports_the_registry_only():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "service"
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                found.add(node.module.split(".")[0])
+    assert found == {"registry"}
