@@ -133,7 +133,7 @@ def test_webhook_to_ray_worker_to_ancestry_with_20_concurrent_readers(world, ser
     worker = subprocess.Popen([*MT, "worker", "--ray", "--num-cpus", "2", "--idle-exit", "--poll", "0.5"],
                               env=env, stdout=log, stderr=log)
     try:
-        job = _wait(server, job_id, 300)
+        job = _wait(server, job_id, 600)
     finally:
         stop.set()
         for t in readers:
@@ -141,6 +141,7 @@ def test_webhook_to_ray_worker_to_ancestry_with_20_concurrent_readers(world, ser
         worker.wait(timeout=120)
     assert job["status"] == "done", (job, (tmp_path / "worker.log").read_text()[-3000:])
     assert job["attempts"] == 1 and job["result"]["parents"] == ["acme/llama-base"]
+    assert "rebuilt from SQL" not in (tmp_path / "worker.log").read_text()  # vectors added, not repaired
     assert errors == [] and served[0] > 20
     anc = httpx.get(f"{server}/v1/models/{NEW}/ancestry", timeout=30).json()
     assert [(e["parent"], e["child"]) for e in anc["edges"]] == [("acme/llama-base", NEW)]
