@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 
 def _ident(name: str) -> str:
@@ -103,7 +104,7 @@ def page(models: list[str], model: str | None, family: dict[str, Any] | None, an
             "".join(f"<p><em>{escape(n)}</em></p>" for n in family.get("notes", [])),
             f'<h2>Ancestry evidence</h2><div id="ancestry">{evidence_html(ancestry)}</div>',
             "<h2>Mermaid</h2><p>Paste into any Mermaid renderer (GitHub renders it in Markdown), or fetch "
-            f'<a href="/v1/tree?family={escape(model)}&amp;format=mermaid">/v1/tree?format=mermaid</a>.</p>',
+            f'<a href="/v1/tree?family={escape(quote(model))}&amp;format=mermaid">/v1/tree?format=mermaid</a>.</p>',
             f'<pre id="mermaid">{escape(mermaid(family))}</pre>',
         ]
     parts.append('<p><a href="/docs">API documentation</a></p></body></html>')
