@@ -91,8 +91,9 @@ def _build(spec: str, n_vectors: int, train_n: int):
     t0 = time.perf_counter()
     index = faiss.index_factory(DIM, spec, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        sample = np.concatenate([_chunk(c)[:: max(1, (n_vectors // train_n))] for c in range(n_vectors // CHUNK)])
-        sample = sample[:train_n]
+        chunks = n_vectors // CHUNK
+        per = -(-train_n // chunks)  # every chunk contributes: the sample covers all families' regions
+        sample = np.concatenate([_chunk(c)[np.linspace(0, CHUNK - 1, per).astype(int)] for c in range(chunks)])
         index.train(sample)
         del sample
     t_train = time.perf_counter() - t0
