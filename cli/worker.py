@@ -24,8 +24,8 @@ def worker(
     json_: JsonOpt = False,
 ) -> None:
     """Claim queued jobs and index and place their models until stopped (Ctrl-C).
-    In Python: registry._jobs.work(reg) or work_ray(reg, address)."""
-    from ..registry import _jobs as jobs
+    In Python: registry.jobs.work(reg) or work_ray(reg, address)."""
+    from ..registry import jobs
 
     if address is not None and not ray:
         raise typer.BadParameter("an ADDRESS needs --ray")

@@ -4,6 +4,7 @@ Everything the ``mothertree`` command does is a method of :class:`Registry`
 (hub crawling is :mod:`._hub`'s functions taking a registry).
 """
 
+from . import _jobs as jobs
 from . import errors, reports, settings
 from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
@@ -42,6 +43,7 @@ __all__ = [
     "QueryResult",
     "MothertreeError",
     "errors",
+    "jobs",
     "reports",
     "settings",
 ]

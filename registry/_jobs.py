@@ -25,14 +25,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ._models import iso
+from ._models import as_utc, iso, utc_now
 from ._schema import Job, Model
 from .errors import MothertreeError
 
@@ -75,16 +75,6 @@ class JobFailedError(MothertreeError, RuntimeError):
     """The work of a job failed (the job is retried until its attempts run out)."""
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _utc(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
 def worker_name() -> str:
     """``host:pid:random``: unique per worker process."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -113,7 +103,7 @@ class JobView:
     def from_row(cls, j: Job) -> "JobView":
         return cls(
             j.id, j.kind, j.target, j.revision, j.status, j.attempts, j.max_attempts, j.error, j.result,
-            j.worker, _utc(j.created_at), _utc(j.started_at), _utc(j.finished_at), _utc(j.lease_expires_at),
+            j.worker, as_utc(j.created_at), as_utc(j.started_at), as_utc(j.finished_at), as_utc(j.lease_expires_at),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,7 +158,7 @@ def enqueue(
     try:
         with reg.session() as s:
             job = Job(kind=kind, target=target, revision=revision, dedup_key=key, status="queued", attempts=0,
-                      max_attempts=max_attempts, created_at=_now())
+                      max_attempts=max_attempts, created_at=utc_now())
             s.add(job)
             s.flush()
             view = JobView.from_row(job)
@@ -215,7 +205,7 @@ def claim(reg: "Registry", worker: str, *, lease_s: float = 60.0) -> JobView | N
     Running jobs whose lease expired after their last allowed attempt are
     marked ``failed`` first (their worker died on every try).
     """
-    now = _now()
+    now = utc_now()
     postgres = reg.engine.dialect.name == "postgresql"
     with reg.session() as s:
         s.execute(
@@ -248,7 +238,7 @@ def _mine(job: JobView):
 def renew(reg: "Registry", job: JobView, *, lease_s: float = 60.0) -> bool:
     """Extend the lease of a job this worker holds; False when it was lost."""
     with reg.session() as s:
-        res = s.execute(update(Job).where(_mine(job)).values(lease_expires_at=_now() + timedelta(seconds=lease_s)))
+        res = s.execute(update(Job).where(_mine(job)).values(lease_expires_at=utc_now() + timedelta(seconds=lease_s)))
         return res.rowcount == 1
 
 
@@ -256,7 +246,7 @@ def finish(reg: "Registry", job: JobView, result: dict[str, Any]) -> bool:
     """Mark a held job done with its result; False when the lease was lost meanwhile."""
     with reg.session() as s:
         res = s.execute(
-            update(Job).where(_mine(job)).values(status="done", result=result, error=None, finished_at=_now(),
+            update(Job).where(_mine(job)).values(status="done", result=result, error=None, finished_at=utc_now(),
                                                  lease_expires_at=None)
         )
         return res.rowcount == 1
@@ -269,7 +259,7 @@ def fail(reg: "Registry", job: JobView, error: str) -> bool:
         res = s.execute(
             update(Job).where(_mine(job)).values(
                 status="failed" if final else "queued", error=error[:4000], lease_expires_at=None,
-                finished_at=_now() if final else None,
+                finished_at=utc_now() if final else None,
             )
         )
         return res.rowcount == 1

@@ -23,8 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ..registry import Registry, reports
-from ..registry import _jobs as jobs
+from ..registry import Registry, jobs, reports
 from ..registry.errors import MothertreeError, ReadOnlyQueryError, RegistryError
 from . import _render
 
@@ -185,7 +184,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return _clean({"models": [m.to_dict() for m in rows]})
 
     def _known(reg: Registry, name: str) -> None:
-        reg.ancestry(name)  # raises ModelNotFoundError; reads only
+        reg.model(name)  # a registry name only (never a path); raises ModelNotFoundError
 
     @app.get("/v1/models/{name:path}/candidates")
     async def candidates(name: str, k: int = Query(10, ge=1, le=1000)) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def test_unreachable_database_is_503_and_slow_requests_are_504(hub_db):
     down = create_app(ServiceConfig(db="postgresql+psycopg://postgres@127.0.0.1:1/none"))
     with TestClient(down, raise_server_exceptions=False) as c:
         doc = _error_shape(c.get("/v1/models"), 503, "DatabaseUnavailable")
-        assert doc["error"].startswith("database unreachable: connection failed")
+        assert doc["error"].startswith("Cannot open the database at postgresql+psycopg://postgres@127.0.0.1:1/none: connection failed")
         assert doc["error"].endswith("check the URL given with --db or MOTHERTREE_DB")
     slow = create_app(ServiceConfig(db=hub_db, timeout_s=0.001))
     with TestClient(slow, raise_server_exceptions=False) as c:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 httpx = pytest.importorskip("httpx")
 
 from mothertree.registry import Registry, index_hub  # noqa: E402
-from mothertree.registry import _jobs as jobs  # noqa: E402
+from mothertree.registry import jobs  # noqa: E402
 from mothertree.registry._hub import RetryPolicy  # noqa: E402
 from mothertree.registry._schema import Fingerprint, Job, Model, ModelRevision, Tensor  # noqa: E402
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from mothertree.registry import _jobs as jobs
+from mothertree.registry import jobs
 from mothertree.registry._schema import Fingerprint, Job, Model
 
 
