@@ -116,7 +116,7 @@ def test_unreachable_database_is_503_and_slow_requests_are_504(hub_db):
     with TestClient(down, raise_server_exceptions=False) as c:
         doc = _error_shape(c.get("/v1/models"), 503, "DatabaseUnavailable")
         assert doc["error"].startswith("Cannot open the database at postgresql+psycopg://postgres@127.0.0.1:1/none: connection failed")
-        assert doc["error"].endswith("check the URL given with --db or MOTHERTREE_DB")
+        assert doc["error"].endswith("Check the URL given with --db or MOTHERTREE_DB (and that the server is running).")
     slow = create_app(ServiceConfig(db=hub_db, timeout_s=0.001))
     with TestClient(slow, raise_server_exceptions=False) as c:
         _error_shape(c.get("/v1/test", params={"a": "acme/llama-base", "b": "ft/llama-base-chat"}), 504, "Timeout")
