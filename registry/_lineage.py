@@ -472,7 +472,14 @@ class Lineage:
                     ]
         rank = {m: (snapshot[m][0] or datetime.max.replace(tzinfo=timezone.utc), len(snapshot[m][2]), m) for m in comp}
         order = sorted(comp, key=lambda m: (_aware(rank[m][0]), rank[m][1], rank[m][2]))
-        tree = recover_family(comp, evidence, merges=merges, representative={m: i for i, m in enumerate(order)})
+        # Chains the arborescence proposes are checked against the containment
+        # ratio of the three models' weights (siblings are never chained).
+        from ..lineage.relations import containment_ratio
+
+        tree = recover_family(
+            comp, evidence, merges=merges, representative={m: i for i, m in enumerate(order)},
+            containment=lambda g, x, y: containment_ratio(weights[g], weights[x], weights[y]),
+        )
         edges = []
         now = _now()
         for te in tree.edges:
@@ -483,6 +490,7 @@ class Lineage:
                 "relation": rel.to_dict() if rel else None,
                 "direction": direction.to_dict() if direction else None,
                 "pair_method": row.method,
+                "tree": {"low_confidence": te.low_confidence, "containment": te.containment, "notes": list(te.notes)},
             }
             if te.child in merge_fits and te.relation == "merge":
                 evidence_doc["merge"] = merge_fits[te.child].to_dict()
