@@ -143,7 +143,7 @@ def train_causal(model, tok, paras, *, steps: int, lr: float, seed: int, batch: 
     return before, after
 
 
-def train_contrastive(model, tok, paras, *, steps: int, lr: float, seed: int, batch: int = 16, seq: int = 40) -> tuple[float, float]:
+def train_contrastive(model, tok, paras, *, steps: int, lr: float, seed: int, batch: int = 8, seq: int = 32) -> tuple[float, float]:
     """Sentence-encoder domain adaptation: adjacent sentences of a paragraph are positives, the batch negatives.
 
     Mean pooling and an in-batch InfoNCE loss (temperature 0.05), as

@@ -275,7 +275,7 @@ def _check_chains(edges: list[TreeEdge], g: nx.DiGraph, info: Mapping, containme
     kids: dict[Hashable, list[Hashable]] = {}
     for e in edges:
         kids.setdefault(e.parent, []).append(e.child)
-    order, frontier = [], [n for n in {e.parent for e in edges} if n not in incoming]
+    order, frontier = [], sorted({e.parent for e in edges if e.parent not in incoming}, key=str)
     while frontier:
         order += frontier
         frontier = [c for n in frontier for c in kids.get(n, ())]
