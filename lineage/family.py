@@ -33,7 +33,9 @@ from typing import Callable, Hashable, Mapping, Sequence
 import networkx as nx
 
 from .direction import Direction, DirectionSignals, norm_growth_fraction, orient
-from .relations import MergeFit, RelationEvidence, classify_relation, invariant_distance, merge_fit, relative_distance
+from .relations import (
+    MergeFit, RelationEvidence, classify_relation, containment_ratio, invariant_distance, merge_fit, relative_distance,
+)
 from .tree import PairEvidence, recover_family
 
 __all__ = [
@@ -99,6 +101,13 @@ class FamilyEdge:
     relation_evidence: RelationEvidence | None
     direction: Direction | None
     merge: MergeFit | None
+    low_confidence: bool = False
+    containment: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def tree_dict(self) -> dict:
+        """The tree's checks on this edge (stored as ``evidence.tree``)."""
+        return {"low_confidence": self.low_confidence, "containment": self.containment, "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,9 @@ def solve_family(
         members, [p.evidence for p in pairs.values()],
         merges={c: ps for c, (ps, _) in fits.items()},
         representative={m: i for i, m in enumerate(order)},
+        # Chains the arborescence proposes are checked against the containment
+        # ratio of the three models' weights (siblings are never chained).
+        containment=lambda g, x, y: containment_ratio(weights[g], weights[x], weights[y]),
     )
     edges = []
     for te in tree.edges:
@@ -180,6 +192,7 @@ def solve_family(
         edges.append(FamilyEdge(
             te.parent, te.child, te.relation, float(te.direction_confidence), key,
             p.relation if p else None, p.direction if p else None, merge,
+            te.low_confidence, te.containment, tuple(te.notes),
         ))
     return FamilySolution(tuple(edges), tuple(st.tested))
 

@@ -4,11 +4,17 @@ Pure functions on WeightMaps (``(role, block) -> [out, in]`` float32 matrices).
 Each relation is recognised from a property of the weights, not a threshold
 tuned on one zoo:
 
-- ``duplicate``: every shared tensor equal up to storage rounding (fp16/bf16),
-  or equal after undoing hidden-unit permutations (compared through
-  permutation-invariant products such as ``W_down @ W_up``);
+- ``duplicate``: a *conversion* (:func:`conversion_check`): every shared
+  tensor is element-wise equal to the other side after casting the
+  higher-precision side to the lower one with a converter's rounding mode
+  (round-to-nearest-even to bf16 or fp16, or bf16 truncation), possibly after
+  undoing a row/column permutation that is itself found exactly; at most a
+  vanishing fraction of elements (:data:`CONVERSION_MISMATCH`) may differ.
+  Closeness is never enough: a light fine-tune saved in bf16 is ``finetune``;
 - ``quantized``: one side's values sit on a low-precision grid (per row,
-  column or group; symmetric or affine; 8 or 4 bits) and the other's do not;
+  column or group; symmetric or affine; 8 or 4 bits), the other's do not, and
+  the other side's values *round to* the grid side's (:func:`rounds_onto_grid`):
+  within half a grid step everywhere, with the residual spread of a rounding;
 - ``adapter``: the weight difference is low rank wherever it is non-zero and
   some tensors did not change at all (LoRA merged into the weights);
 - ``pruned``: fewer blocks or narrower blocks (the block map comes from
@@ -32,7 +38,12 @@ __all__ = [
     "RELATIONS",
     "RelationEvidence",
     "MergeFit",
+    "CONVERSION_MISMATCH",
+    "ConversionCheck",
+    "conversion_check",
+    "containment_ratio",
     "grid_residual",
+    "rounds_onto_grid",
     "is_quantized",
     "relative_distance",
     "invariant_distance",
@@ -44,9 +55,10 @@ RELATIONS: tuple[str, ...] = ("duplicate", "quantized", "adapter", "pruned", "me
 
 WeightMap = Mapping[tuple[str, "int | None"], torch.Tensor]
 
-#: Relative Frobenius difference below which two tensors are the same weights
-#: stored at another precision (fp16 rounds at 2**-11 relative, bf16 at 2**-8).
-_SAME = 5e-3
+#: Invariant distance above which a permuted copy is not even looked for: a
+#: necessary condition only (a permutation leaves the invariant products
+#: unchanged up to bf16 rounding, ~2**-9 relative); the decision is exact.
+_MAYBE_PERMUTED = 2e-2
 #: Mean distance to the nearest grid level, in grid steps: ~0.25 for values off
 #: any grid, ~0 on it (half a step of fp16 rounding at 127 levels is ~0.03).
 _ON_GRID = 0.08
@@ -116,20 +128,6 @@ def _invariants(w: WeightMap) -> dict[tuple[str, int | None], torch.Tensor]:
     return out
 
 
-def _same_norm_profiles(a: WeightMap, b: WeightMap) -> bool:
-    """Every shared tensor has the same multiset of row norms and of column norms.
-
-    Permuting rows and columns keeps both multisets, so a permuted copy passes;
-    a tensor that really changed (one the invariant products do not cover) fails.
-    """
-    for x, y in _shared(a, b):
-        for dim in (0, 1):
-            nx_, ny = x.norm(dim=dim).sort().values, y.norm(dim=dim).sort().values
-            if float((nx_ - ny).abs().max()) > _SAME * float(nx_.abs().max() + 1e-30):
-                return False
-    return True
-
-
 def invariant_distance(a: WeightMap, b: WeightMap) -> float:
     """Like :func:`relative_distance`, on permutation-invariant products.
 
@@ -140,10 +138,223 @@ def invariant_distance(a: WeightMap, b: WeightMap) -> float:
     return _pooled_distance([(ia[k], ib[k]) for k in ia if k in ib and ia[k].shape == ib[k].shape])
 
 
+#: Largest fraction of elements that may differ in a conversion. A cast or a
+#: permutation reproduces every value exactly; what a *converter* may still do
+#: differently from the modes tried here touches a vanishing share of values:
+#: ties (an fp32 value exactly half-way between two bf16 values, low 16 bits
+#: 0x8000, has probability 2**-16 ~ 1.5e-5 per element), flushed subnormals
+#: (weights below 1e-38), a NaN payload. A training step that changes the
+#: stored model changes far more: a fine-tune whose mean change is a fraction x
+#: of the bf16 rounding step flips the rounding of about a fraction x of the
+#: elements (x = 0.3 flips ~30%; even x = 0.01 flips ~1%, 100 times this bound).
+CONVERSION_MISMATCH = 1e-4
+
+#: Casts a converter applies to go from higher to lower precision.
+_CASTS: tuple[str, ...] = ("bf16-rne", "fp16-rne", "bf16-trunc")
+
+
+def _cast(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``x`` (float32) cast to a lower precision with ``mode`` and back to float32 (exactly)."""
+    if mode == "bf16-rne":  # torch rounds to nearest, ties to even
+        return x.to(torch.bfloat16).float()
+    if mode == "fp16-rne":
+        return x.to(torch.float16).float()
+    if mode == "bf16-trunc":  # drop the low 16 bits of the float32 pattern
+        return (x.contiguous().view(torch.int32) & -65536).view(torch.float32)
+    raise ValueError(f"mode: expected one of {_CASTS}, got {mode!r}")
+
+
+def _match_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Index ``i`` with ``x[i]`` the row of ``x`` holding the same multiset of values as ``y``'s row.
+
+    Rows are compared by a seeded hash of their sorted values, which no
+    permutation of the columns changes; equal rows hash equally, so a
+    permuted copy is matched exactly (ties among identical rows are harmless).
+    """
+    g = torch.Generator().manual_seed(0xC0DE + x.shape[1])
+    r = torch.rand(x.shape[1], generator=g, dtype=torch.float64) + 0.5
+    hx = (x.sort(dim=1).values.double() * r).sum(dim=1)
+    hy = (y.sort(dim=1).values.double() * r).sum(dim=1)
+    ix, iy = hx.argsort(), hy.argsort()
+    out = torch.empty_like(ix)
+    out[iy] = ix
+    return out
+
+
+def _permuted_mismatches(x: torch.Tensor, y: torch.Tensor) -> int:
+    """Elements where ``y`` differs from ``x`` after the row and column permutation found exactly."""
+    rows = _match_rows(x, y)
+    xr = x[rows]
+    cols = _match_rows(xr.T.contiguous(), y.T.contiguous())
+    return int((xr[:, cols] != y).sum())
+
+
+@dataclass(frozen=True)
+class ConversionCheck:
+    """Whether ``b`` is a conversion of ``a`` (or ``a`` of ``b``).
+
+    ``mode`` is ``"exact"`` or the cast that reproduces the lower-precision
+    side (``"bf16-rne"``, ``"fp16-rne"``, ``"bf16-trunc"``); ``lower_side``
+    the side that was cast (``"a"``/``"b"``, ``None`` when exact); ``permuted``
+    whether rows/columns had to be re-ordered; ``mismatch_fraction`` the share
+    of compared elements that still differ under the best mode.
+    """
+
+    mode: str
+    lower_side: str | None
+    permuted: bool
+    mismatch_fraction: float
+    elements: int
+
+    @property
+    def is_conversion(self) -> bool:
+        return self.elements > 0 and self.mismatch_fraction <= CONVERSION_MISMATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "lower_side": self.lower_side, "permuted": self.permuted,
+            "mismatch_fraction": json_float(self.mismatch_fraction), "elements": self.elements,
+            "is_conversion": self.is_conversion,
+        }
+
+
+def conversion_check(a: WeightMap, b: WeightMap, *, permutations: bool = True) -> ConversionCheck:
+    """Is one model a cast, re-serialisation or permutation of the other, exactly?
+
+    For every shared identity tensor, the higher-precision side is cast to
+    the lower precision with each converter rounding mode (:data:`_CASTS`) and
+    compared element-wise with the other side; one mode must serve the whole
+    model. With ``permutations``, a tensor that differs aligned is compared
+    again after re-ordering its rows and columns by an exact match of their
+    value multisets (a permuted copy of MLP units or heads). No tolerance:
+    the result counts differing elements, and :attr:`ConversionCheck.is_conversion`
+    allows only :data:`CONVERSION_MISMATCH` of them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = {("mlp.up", 0): torch.randn(64, 32)}
+    >>> conversion_check(w, {k: v.bfloat16().float() for k, v in w.items()}).mode
+    'bf16-rne'
+    >>> ft = {k: (v + 1e-3 * torch.randn(v.shape)).bfloat16().float() for k, v in w.items()}
+    >>> conversion_check(w, ft).is_conversion
+    False
+    """
+    a = check_weight_map(a, "a")
+    b = check_weight_map(b, "b")
+    pairs = _shared(a, b)
+    total = sum(x.numel() for x, _ in pairs)
+    if not total:
+        return ConversionCheck("exact", None, False, 1.0, 0)
+    candidates = [("exact", None)] + [(m, side) for m in _CASTS for side in ("b", "a")]
+    counts = {c: 0 for c in candidates}
+    permuted = {c: False for c in candidates}
+    budget = CONVERSION_MISMATCH * total
+    for x, y in pairs:
+        if torch.equal(x, y):
+            continue
+        for c in candidates:
+            if counts[c] > budget:
+                continue  # this mode already failed; do not spend time on it
+            mode, side = c
+            xx = x if mode == "exact" or side == "a" else _cast(x, mode)
+            yy = y if mode == "exact" or side == "b" else _cast(y, mode)
+            n = int((xx != yy).sum())
+            if n > budget - counts[c] and permutations and n > 0.01 * x.numel():
+                p = _permuted_mismatches(xx, yy)
+                if p < n:
+                    n, permuted[c] = p, True
+            counts[c] += n
+    best = min(candidates, key=lambda c: (counts[c], candidates.index(c)))
+    return ConversionCheck(best[0], best[1], permuted[best], counts[best] / total, total)
+
+
+def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> float:
+    """How far ``child`` went along ``parent``'s departure from ``grand``: ``<c-g, p-g> / ||p-g||^2``.
+
+    Pooled over the identity tensors the three models share. In a chain
+    ``g -> p -> c`` the child carries all of the parent's change plus its own,
+    so the ratio is 1 plus the alignment of the two changes (about 1 when the
+    second change is unrelated, above 1 when training went on the same way).
+    Two fine-tunes ``p``, ``c`` of ``g`` share only a common drift ``s`` of
+    their changes ``s + u`` and ``s + v``: the ratio is
+    ``|s|^2 / (|s|^2 + |u|^2) < 1``. ``nan`` when ``parent`` equals ``grand``
+    or nothing is shared.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = {("mlp.up", 0): torch.zeros(8, 8)}
+    >>> p = {("mlp.up", 0): torch.eye(8)}
+    >>> c = {("mlp.up", 0): torch.eye(8) + torch.ones(8, 8).triu(1)}
+    >>> containment_ratio(g, p, c)
+    1.0
+    >>> s = {("mlp.up", 0): 0.5 * torch.eye(8) + torch.ones(8, 8).triu(1)}
+    >>> containment_ratio(g, p, s)
+    0.5
+    """
+    grand = check_weight_map(grand, "grand")
+    parent = check_weight_map(parent, "parent")
+    child = check_weight_map(child, "child")
+    num = den = 0.0
+    for k in sorted(grand, key=str):
+        if k[0] not in _IDENTITY or k not in parent or k not in child:
+            continue
+        g, p, c = grand[k], parent[k], child[k]
+        if not (g.shape == p.shape == c.shape):
+            continue
+        dp = (p.float() - g.float()).double()
+        num += float((dp * (c.float() - g.float()).double()).sum())
+        den += float(dp.pow(2).sum())
+    return num / den if den > 0 else float("nan")
+
+
+#: Symmetric grids: absmax over ``n`` levels (int8 -127..127; ggml Q4_0 -8..7; 4-bit -7..7).
+_SYM_LEVELS = (127, 8, 7)
+#: Affine grids: min..max in ``n`` steps (8 and 4 bits, as ggml Q4_1/Q8_1 and asymmetric int8).
+_AFFINE_STEPS = (255, 15)
+#: Rows of each view examined (evenly strided).
+_GRID_ROWS = 256
+
+
+def _grid_views(w: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    views = [("row", w), ("column", w.T)]
+    for g in (32, 64, 128):
+        if w.shape[1] % g == 0 and w.shape[1] > g:
+            views.append((f"group{g}", w.reshape(-1, g)))
+    return views
+
+
+def _grid(v: torch.Tensor, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(step, offset)`` of a grid fitted to the rows of ``v`` from their own values."""
+    if kind == "symmetric":
+        return (v.abs().amax(dim=1, keepdim=True) / n).clamp_min(1e-30), torch.zeros(v.shape[0], 1)
+    lo, hi = v.amin(dim=1, keepdim=True), v.amax(dim=1, keepdim=True)
+    return ((hi - lo) / n).clamp_min(1e-30), lo
+
+
+def _rows(v: torch.Tensor, n: int) -> torch.Tensor:
+    return v[:: max(1, v.shape[0] // n)][:n]
+
+
+def _best_grid(w: torch.Tensor) -> tuple[float, str, str, int]:
+    """``(residual, view, kind, levels)`` of the grid ``w`` sits on best."""
+    best = (float("inf"), "row", "symmetric", 127)
+    for name, v in _grid_views(w):
+        v = _rows(v, _GRID_ROWS)
+        for kind, levels in [("symmetric", n) for n in _SYM_LEVELS] + [("affine", n) for n in _AFFINE_STEPS]:
+            step, off = _grid(v, kind, levels)
+            r = (v - off) / step
+            res = float((r - r.round()).abs().mean())
+            if res < best[0]:
+                best = (res, name, kind, levels)
+    return best
+
+
 def grid_residual(w: torch.Tensor) -> float:
     """Smallest mean distance (in grid steps) of ``w`` to a low-precision grid.
 
-    Tries symmetric (absmax/127, absmax/7) and affine (min..max in 255 or 15
+    Tries symmetric (absmax/127, /8, /7) and affine (min..max in 255 or 15
     steps) grids per row, per column and per group of 32/64/128 along rows,
     which covers int8/int4 row-wise, column-wise and block-wise schemes.
     About 0.25 for unquantized weights, about 0 for dequantized ones.
@@ -159,23 +370,50 @@ def grid_residual(w: torch.Tensor) -> float:
     w = w.detach().float()
     if w.ndim != 2 or w.numel() < 64:
         return float("nan")
-    views = [w, w.T]
-    for g in (32, 64, 128):
-        if w.shape[1] % g == 0 and w.shape[1] > g:
-            views.append(w.reshape(-1, g))
-    best = float("inf")
-    for v in views:
-        v = v[:256]
-        for levels in (127, 7):
-            scale = v.abs().amax(dim=1, keepdim=True) / levels
-            r = v / scale.clamp_min(1e-30)
-            best = min(best, float((r - r.round()).abs().mean()))
-        lo, hi = v.amin(dim=1, keepdim=True), v.amax(dim=1, keepdim=True)
-        for steps in (255, 15):
-            scale = (hi - lo) / steps
-            r = (v - lo) / scale.clamp_min(1e-30)
-            best = min(best, float((r - r.round()).abs().mean()))
-    return best
+    return _best_grid(w)[0]
+
+
+def _half_ulp(x: torch.Tensor) -> float:
+    """Relative half-ulp of the lowest float precision that represents every value of ``x``."""
+    if torch.equal(x.to(torch.bfloat16).float(), x):
+        return 2.0 ** -8
+    if torch.equal(x.to(torch.float16).float(), x):
+        return 2.0 ** -11
+    return 2.0 ** -24
+
+
+def rounds_onto_grid(q: torch.Tensor, source: torch.Tensor) -> tuple[float, float]:
+    """Does ``source`` round to ``q``'s values on the grid ``q`` lies on?
+
+    The grid (view, symmetric or affine, levels) is the one ``q`` fits best
+    (:func:`grid_residual`); its per-row step and offset come from ``q``'s
+    own values. Returns ``(violations, spread)``: the fraction of elements
+    where ``|source - q|`` exceeds half a step (plus the storage rounding of
+    both sides), and the mean ``|source - q|`` in steps. Round-to-nearest
+    quantization of ``source`` gives no violations and a spread near 0.25
+    (a uniform rounding error); a light fine-tune *of* ``q`` gives a spread
+    near 0, and an unrelated or heavily changed model gives violations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.randn(32, 64)
+    >>> s = w.abs().amax(dim=1, keepdim=True) / 127
+    >>> v, spread = rounds_onto_grid((w / s).round() * s, w)
+    >>> v, 0.2 < spread < 0.3
+    (0.0, True)
+    """
+    q, source = q.detach().float(), source.detach().float()
+    if q.shape != source.shape or q.ndim != 2 or q.numel() < 64:
+        return 1.0, float("nan")
+    _, view, kind, levels = _best_grid(q)
+    vq = dict(_grid_views(q))[view]
+    vs = dict(_grid_views(source))[view]
+    vq, vs = _rows(vq, 4 * _GRID_ROWS), _rows(vs, 4 * _GRID_ROWS)
+    step, _ = _grid(vq, kind, levels)
+    r = (vs - vq).abs() / step
+    tol = 0.5 + 1e-3 + (vq.abs() * _half_ulp(q) + vs.abs() * _half_ulp(source)) / step
+    return float((r > tol).float().mean()), float(r.mean())
 
 
 def is_quantized(w: WeightMap, dtypes: Sequence[str] = ()) -> bool:
@@ -192,6 +430,13 @@ def is_quantized(w: WeightMap, dtypes: Sequence[str] = ()) -> bool:
         return False
     res.sort()
     return res[len(res) // 2] < _ON_GRID
+
+
+#: Share of elements allowed outside half a grid step: ties and clamping only.
+_ROUNDING_VIOLATIONS = 1e-3
+#: Mean rounding error (in steps) below which the off-grid side is a light
+#: change *of* the grid side, not its source: rounding leaves ~0.25.
+_ROUNDING_SPREAD = 0.15
 
 
 #: Matrices with a smaller side up to this get an exact SVD of their difference;
@@ -240,6 +485,7 @@ class RelationEvidence:
     changed_fraction: float | None
     delta_rank_fraction: float | None
     notes: tuple[str, ...]
+    conversion: ConversionCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -253,6 +499,7 @@ class RelationEvidence:
             "changed_fraction": self.changed_fraction,
             "delta_rank_fraction": self.delta_rank_fraction,
             "notes": list(self.notes),
+            "conversion": None if self.conversion is None else self.conversion.to_dict(),
         }
 
 
@@ -300,16 +547,33 @@ def classify_relation(
     if math.isnan(dist):
         notes.append("no aligned tensors to compare")
         return RelationEvidence("unknown", 0.5, None, None, _opt(inv), qa, qb, None, None, tuple(notes))
-    if qa != qb:
-        return RelationEvidence(
-            "quantized", 0.95, "a" if qa else "b", dist, _opt(inv), qa, qb, None, None,
-            (f"{'a' if qa else 'b'} lies on a low-precision grid",),
+    conv = conversion_check(a, b, permutations=not math.isnan(inv) and inv < _MAYBE_PERMUTED)
+    if conv.is_conversion:
+        # A cast cannot be undone: the lower-precision side is the copy.
+        how = "identical" if conv.mode == "exact" else f"{conv.lower_side} is the other cast {conv.mode}"
+        notes.append(
+            f"{how}{' after undoing a permutation' if conv.permuted else ''}; "
+            f"{conv.mismatch_fraction:.2e} of {conv.elements:,} elements differ"
         )
-    if dist < _SAME:
-        return RelationEvidence("duplicate", 0.99, None, dist, _opt(inv), qa, qb, 0.0, 0.0, ("identical up to storage rounding",))
-    if not math.isnan(inv) and inv < _SAME and dist > 10 * max(inv, 1e-9) and _same_norm_profiles(a, b):
-        notes.append("identical after undoing hidden-unit permutations")
-        return RelationEvidence("duplicate", 0.95, None, dist, inv, qa, qb, None, None, tuple(notes))
+        return RelationEvidence(
+            "duplicate", 0.99, conv.lower_side, dist, _opt(inv), qa, qb, 0.0, 0.0, tuple(notes), conv,
+        )
+    if qa != qb:
+        qside, (gq, gs) = ("a", (a, b)) if qa else ("b", (b, a))
+        checks = [rounds_onto_grid(gq[k], gs[k]) for k in sorted(gq, key=str)
+                  if k[0] in _IDENTITY and k in gs and gq[k].shape == gs[k].shape]
+        checks = checks[:: max(1, len(checks) // 16)]
+        if checks:
+            violations = sum(v for v, _ in checks) / len(checks)
+            spread = sorted(sp for _, sp in checks)[len(checks) // 2]
+            note = (f"{qside} lies on a low-precision grid; the other side rounds onto it "
+                    f"with {violations:.2e} violations and a median rounding error of {spread:.3f} steps")
+            if violations <= _ROUNDING_VIOLATIONS and spread >= _ROUNDING_SPREAD:
+                return RelationEvidence(
+                    "quantized", 0.95, qside, dist, _opt(inv), qa, qb, None, None, (note,), conv,
+                )
+            notes.append(note.replace("rounds onto it", "does not round onto it:"))
+    notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
     pairs = _shared(a, b)
     changed = [(x, y) for x, y in pairs if float((y - x).norm()) > 1e-6 * float(x.norm())]
     changed_fraction = len(changed) / len(pairs)
@@ -319,8 +583,8 @@ def classify_relation(
     rank = ranks[len(ranks) // 2] if ranks else 0.0
     if changed and rank <= 0.25:
         notes.append(f"weight difference has median rank fraction {rank:.3f} on {len(changed)} changed tensors")
-        return RelationEvidence("adapter", 0.9 if changed_fraction < 1 else 0.75, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes))
-    return RelationEvidence("finetune", 0.8, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes))
+        return RelationEvidence("adapter", 0.9 if changed_fraction < 1 else 0.75, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes), conv)
+    return RelationEvidence("finetune", 0.8, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes), conv)
 
 
 def _opt(x: float) -> float | None:

@@ -88,6 +88,7 @@ def _edge_row(fe, row: PairTest, now) -> Edge:
         "relation": rel.to_dict() if rel else None,
         "direction": direction.to_dict() if direction else None,
         "pair_method": row.method,
+        "tree": fe.tree_dict(),
     }
     if fe.merge is not None:
         evidence_doc["merge"] = fe.merge.to_dict()

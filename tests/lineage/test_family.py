@@ -147,3 +147,22 @@ def test_results_are_frozen():
     sol = solve_family(["p", "q"], weights, _facts(weights), {}, test_pair=_Recorder())
     with pytest.raises(AttributeError):
         sol.edges[0].relation = "merge"  # type: ignore[misc]
+
+
+def test_chains_are_checked_by_containment_and_siblings_stay_siblings():
+    r = _model(0)
+    c = _finetune(r, 1)
+    weights = {"a-root": r, "b-child": c, "c-grandchild": _finetune(c, 2)}
+    facts = _facts(weights, {"a-root": 0, "b-child": 1, "c-grandchild": 2})
+    sol = solve_family(list(weights), weights, facts, {}, test_pair=_Recorder())
+    assert _edges(sol) == {("a-root", "b-child"): "finetune", ("b-child", "c-grandchild"): "finetune"}
+    chained = next(e for e in sol.edges if e.child == "c-grandchild")
+    assert chained.containment is not None and chained.containment > 0.97 and not chained.low_confidence
+    assert chained.tree_dict()["containment"] == chained.containment
+    # Two fine-tunes of one parent sharing most of their change: closer to each
+    # other than to the parent, yet siblings (containment about 0.8): never chained.
+    common = _finetune(r, 3)
+    sib = {"a-root": r, "b-one": _finetune(common, 4, scale=0.15), "c-two": _finetune(common, 5, scale=0.15)}
+    facts = _facts(sib, {"a-root": 0, "b-one": 1, "c-two": 2})
+    sol = solve_family(list(sib), sib, facts, {}, test_pair=_Recorder())
+    assert _edges(sol) == {("a-root", "b-one"): "finetune", ("a-root", "c-two"): "finetune"}

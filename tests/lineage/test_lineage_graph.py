@@ -69,7 +69,7 @@ P = _model(0)
     "child, relation, child_side",
     [
         (lambda: _finetune(P, 1), "finetune", None),
-        (lambda: {k: v.half().float() for k, v in P.items()}, "duplicate", None),
+        (lambda: {k: v.half().float() for k, v in P.items()}, "duplicate", "b"),  # the fp16 cast is the copy
         (lambda: _permute(P, 2), "duplicate", None),
         (lambda: _quantize(P), "quantized", "b"),
         (lambda: _lora(P, 3), "adapter", None),

@@ -41,6 +41,8 @@ def test_resolve_on_both_databases(registry, small_family):
     assert registry.ancestry(root).notes == ("a root: no parent found",)
     edge = fam.edges[0]
     assert edge.p_value_log10 < -6 and 0 <= edge.direction_confidence <= 1
+    # The tree's own checks travel with the edge (no chain in a pair: nothing to flag).
+    assert edge.evidence["tree"] == {"low_confidence": False, "containment": None, "notes": []}
     # Idempotent: nothing new to test, same edges.
     again = registry.resolve()
     assert again.pairs_tested == 0 and again.edges == report.edges
