@@ -237,7 +237,10 @@ class Registry:
         rest are indexed; otherwise the first failure raises (models indexed
         before it stay, each in its own committed transaction).
         """
-        paths = list(paths)
+        from ..indexer.readers import model_paths
+
+        # A folder of several GGUF quantizations is several models (one per file).
+        paths = [m for p in paths for m in model_paths(p)]
         if name is not None and len(paths) != 1:
             raise ValueError(f"--name applies to one path, got {len(paths)} paths")
         results, errors = [], []
