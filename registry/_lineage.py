@@ -244,7 +244,9 @@ class Lineage:
                 s.execute(delete(FamilyMember))
                 s.execute(update(Model).values(resolved_at=None))
             models = {m.id: m for m in s.scalars(select(Model))}
-            pending = [m for m in models.values() if m.resolved_at is None]
+            # --- formats: adapters are placed by registry/_adapters.py, never pair-tested ---
+            adapters = {m.id for m in models.values() if m.file_format == "peft"}
+            pending = [m for m in models.values() if m.resolved_at is None and m.id not in adapters]
             tested = {(t.a_id, t.b_id) for t in s.scalars(select(PairTest))}
             by_name = {m.name: m.id for m in models.values()}
             by_digest: dict[str, list[int]] = {}
@@ -257,7 +259,7 @@ class Lineage:
             partners: set[int] = set(by_digest[m.content_digest]) - {m.id}
             try:
                 cands = self.registry.candidates(m.name, k=k)
-                partners |= {by_name[c.name] for c in cands.candidates if c.name in by_name}
+                partners |= {by_name[c.name] for c in cands.candidates if c.name in by_name} - adapters
             except MothertreeError as exc:
                 warnings.append(f"{m.name}: no candidates ({exc})")
             for p in partners:
@@ -316,6 +318,9 @@ class Lineage:
                 children = {e.child_id for e in edges}
                 s.add_all(FamilyMember(model_id=m, family_id=comp[0], is_root=m not in children) for m in comp)
             n_edges += len(edges)
+        from ._adapters import place_adapters  # --- formats: adapter children ---
+
+        warnings.extend(place_adapters(self.registry))
         with self.registry.session() as s:
             now = _now()
             done = [m.id for m in pending if m.id not in failed]

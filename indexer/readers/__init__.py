@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ...registry.errors import UnreadableWeightsError, UnsupportedFormatError
 from . import gguf as _gguf
+from . import peft as _peft
 from . import safetensors as _st
 from . import torch_bin as _bin
 from ._common import SAFETENSORS_DTYPES, TensorInfo
@@ -160,6 +161,8 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.is_file() and p.suffix == ".gguf":
         return _gguf_source(p, p)
+    if p.is_file() and p.name in _peft.ADAPTER_FILES and (p.parent / _peft.ADAPTER_CONFIG).is_file():
+        p = p.parent
     if p.is_file():
         fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
         if fmt is None:
@@ -174,6 +177,14 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     for single, fmt in _SINGLES.items():
         if (p / single).is_file():
             return WeightSource(str(p), fmt, (str(p / single),), False, config)
+    if (p / _peft.ADAPTER_CONFIG).is_file():
+        # A PEFT adapter: indexed as a model of kind ``adapter`` (its effective update).
+        for f in _peft.ADAPTER_FILES:
+            if (p / f).is_file():
+                return WeightSource(str(p), "peft", (str(p / f),), False, _peft.read_adapter_config(p))
+        raise UnreadableWeightsError(
+            p / _peft.ADAPTER_CONFIG, f"adapter config without weights: expected {' or '.join(_peft.ADAPTER_FILES)}"
+        )
     loose = sorted(str(f) for f in p.glob("*.safetensors"))
     if loose:
         return WeightSource(str(p), "safetensors", tuple(loose), len(loose) > 1, config)
@@ -193,7 +204,7 @@ def open_source(path: str | os.PathLike) -> WeightSource:
 
 
 def _module(fmt: str):
-    return {"safetensors": _st, "bin": _bin, "gguf": _gguf}[fmt]
+    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft}[fmt]
 
 
 def read_header(source: WeightSource) -> dict[str, TensorInfo]:
