@@ -107,6 +107,7 @@ def place_adapter(
     evidence: Mapping[str, torch.Tensor] | None = None,
     candidate_tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     declared: Sequence[str] = (),
+    dora_updates: Mapping[str, torch.Tensor] | None = None,
 ) -> AdapterPlacement:
     """Choose the base of an adapter among indexed models.
 
@@ -126,6 +127,10 @@ def place_adapter(
         compared with ``<module>.weight``).
     declared : sequence of str
         Candidates the adapter's declared base names (a hint, checked here).
+    dora_updates : mapping, optional
+        ``<module>.weight`` -> the adapter's update of that module: DoRA's
+        magnitude starts as the row norms of ``W_base + update``, so that sum is
+        what the magnitude is compared with.
     """
     names = [n for n in update_shapes if not n.endswith(MAGNITUDE_SUFFIX)]
     fitting = []
@@ -148,6 +153,9 @@ def place_adapter(
                 if name.endswith(MAGNITUDE_SUFFIX):
                     module_w = match_names([name.removesuffix(MAGNITUDE_SUFFIX) + ".weight"], list(tensors))
                     w = tensors.get(next(iter(module_w.values()), ""), None)
+                    upd = (dora_updates or {}).get(name.removesuffix(MAGNITUDE_SUFFIX) + ".weight")
+                    if w is not None and upd is not None and tuple(upd.shape) == tuple(w.shape):
+                        w = w.float() + upd.float()
                     norms = _row_norms(w, t.numel()) if w is not None else None
                     if norms is not None:
                         ds.append(_rel(t, norms))

@@ -72,6 +72,8 @@ def place_adapters(registry: "Registry") -> list[str]:
             layout = peft_reader.adapter_layout(src.files[0])
             ev_names = [n for n, e in layout.items() if e["kind"] in ("full", "magnitude")]
             evidence = dict(iter_tensors(src, {n: infos[n] for n in ev_names})) if ev_names else {}
+            dora_names = [n.removesuffix(MAGNITUDE_SUFFIX) + ".weight" for n in ev_names if n.endswith(MAGNITUDE_SUFFIX)]
+            dora = dict(iter_tensors(src, {n: infos[n] for n in dora_names if n in infos})) if dora_names else {}
             cand_tensors = {}
             if evidence:
                 for cname, (_cid, csource) in ids.items():
@@ -88,7 +90,7 @@ def place_adapters(registry: "Registry") -> list[str]:
                     cand_tensors[cname] = dict(iter_tensors(csrc, sub)) if sub else {}
             placement = place_adapter(
                 {n: i.shape for n, i in infos.items()}, shapes, evidence=evidence,
-                candidate_tensors=cand_tensors, declared=declared,
+                candidate_tensors=cand_tensors, declared=declared, dora_updates=dora,
             )
         except (MothertreeError, OSError, ValueError) as exc:
             warnings.append(f"adapter {a_name} not placed: {exc}")

@@ -106,7 +106,7 @@ def test_adapters_land_under_their_true_base_not_the_fine_tune(zoo, tmp_path, re
     assert evidence["lora-declared"]["fitting"] == ["llama-a", "llama-a-ft"]
     # The hint names the fine-tune, but the saved lm_head copy is the base's: the weights win.
     assert evidence["lora-lm-head"]["decided_by"] == "weights"
-    assert evidence["dora"]["decided_by"] == "weights"  # magnitudes = the base's row norms
+    assert evidence["dora"]["decided_by"] == "weights", evidence["dora"]  # magnitudes = the base row norms
     assert evidence["lora-blind"]["decided_by"] == "undecided"
     assert "neither the weights nor a declared base" in evidence["lora-blind"]["notes"][0]
     assert registry.family("gpt2-lora").edges == ()
