@@ -110,6 +110,37 @@ def _check_preamble(path: Path) -> None:
         )
 
 
+def _checked_reader_class():
+    """``GGUFReader`` that checks each tensor's byte range before mapping it, to name the tensor that lies."""
+    import gguf
+    import numpy as np
+
+    class _Checked(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):  # noqa: D401 - gguf's hook, same signature
+            size = len(self.data)
+            for field in fields:
+                try:
+                    _nl, name_data, _nd, dims, raw_dtype, offset = field.parts
+                    name = bytes(name_data).decode("utf-8", "replace")
+                    qtype = gguf.GGMLQuantizationType(int(raw_dtype[0]))
+                except (ValueError, IndexError):
+                    continue  # the parser's own error says what is wrong
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+                n = int(np.prod(dims.astype(np.float64)))
+                end = int(start_offs) + int(offset[0]) + n * type_size // block
+                if n < 0 or end > size:
+                    raise _LyingOffset(name, end, size)
+            return super()._build_tensors(start_offs, fields)
+
+    return _Checked
+
+
+class _LyingOffset(Exception):
+    def __init__(self, tensor: str, end: int, size: int) -> None:
+        super().__init__(tensor)
+        self.tensor, self.end, self.size = tensor, end, size
+
+
 def _reader(path: str | os.PathLike):
     """A parsed ``GGUFReader`` (cached by path, size and mtime: parsing large vocabularies takes seconds)."""
     import gguf
@@ -123,10 +154,15 @@ def _reader(path: str | os.PathLike):
         return hit
     _check_preamble(path)
     try:
-        reader = gguf.GGUFReader(path, "r")
+        reader = _checked_reader_class()(path, "r")
+    except _LyingOffset as exc:
+        raise UnreadableWeightsError(
+            path, f"tensor data would end at byte {exc.end} but the file has {exc.size} bytes: "
+            "truncated, or the header's offsets lie", tensor=exc.tensor,
+        ) from None
     except ValueError as exc:
         msg = str(exc)
-        m = re.match(r"(\d+) is not a valid GGMLQuantizationType", msg)
+        m = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", msg)
         if m:
             raise UnreadableWeightsError(
                 path, f"unknown quantization type {m.group(1)} (not a GGMLQuantizationType of the installed "
@@ -326,15 +362,26 @@ def iter_tensors(
     for name in names if names is not None else list(by_name):
         t = by_name[name]
         w = torch.from_numpy(_dequantize(path, t))
-        if permuted and re.match(r"^blk\.\d+\.attn_q\.(?:weight|bias)$", name):
-            w = unpermute_qk(w, heads)
-        elif permuted and re.match(r"^blk\.\d+\.attn_k\.(?:weight|bias)$", name):
-            w = unpermute_qk(w, int(kv_heads))
-        elif undo_permutation and arch == "gptneox" and isinstance(heads, int) and re.match(
-            r"^blk\.\d+\.attn_qkv\.(?:weight|bias)$", name
-        ):
-            w = _neox_interleave(w, heads)
+        try:
+            w = _undo_converter(w, name, arch, heads, kv_heads, permuted, undo_permutation)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise UnreadableWeightsError(
+                path, f"metadata head counts do not fit the tensor ({exc}): the header is corrupt", tensor=name
+            ) from None
         yield name, w
+
+
+def _undo_converter(w, name, arch, heads, kv_heads, permuted, undo_permutation):
+    """Q/K rows un-permuted (llama family), GPT-NeoX qkv re-interleaved; other tensors unchanged."""
+    if permuted and re.match(r"^blk\.\d+\.attn_q\.(?:weight|bias)$", name):
+        return unpermute_qk(w, heads)
+    if permuted and re.match(r"^blk\.\d+\.attn_k\.(?:weight|bias)$", name):
+        return unpermute_qk(w, int(kv_heads))
+    if undo_permutation and arch == "gptneox" and isinstance(heads, int) and re.match(
+        r"^blk\.\d+\.attn_qkv\.(?:weight|bias)$", name
+    ):
+        return _neox_interleave(w, heads)
+    return w
 
 
 def quantization_summary(infos: Iterable[TensorInfo]) -> str | None:
