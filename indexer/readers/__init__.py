@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ...registry.errors import UnreadableWeightsError, UnsupportedFormatError
 from . import gguf as _gguf
+from . import onnx as _onnx
 from . import peft as _peft
 from . import safetensors as _st
 from . import torch_bin as _bin
@@ -42,7 +43,7 @@ class WeightSource:
     """Where a model's weights are: its folder, files, format and config."""
 
     root: str
-    format: str  # "safetensors" | "bin" | "gguf" | "peft"
+    format: str  # "safetensors" | "bin" | "gguf" | "peft" | "onnx"
     files: tuple[str, ...]
     sharded: bool
     config: dict[str, Any] | None
@@ -161,12 +162,14 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.is_file() and p.suffix == ".gguf":
         return _gguf_source(p, p)
+    if p.is_file() and p.suffix == ".onnx":
+        return WeightSource(str(p), "onnx", (str(p),), False, _read_config(p.parent))
     if p.is_file() and p.name in _peft.ADAPTER_FILES and (p.parent / _peft.ADAPTER_CONFIG).is_file():
         p = p.parent
     if p.is_file():
         fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
         if fmt is None:
-            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors, .bin or .gguf)")
+            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors, .bin, .gguf or .onnx)")
         return WeightSource(str(p), fmt, (str(p),), False, _read_config(p.parent))
     if p.name.startswith("models--") and (p / "snapshots").is_dir():
         p = _resolve_cache_repo(p)
@@ -188,6 +191,12 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     loose = sorted(str(f) for f in p.glob("*.safetensors"))
     if loose:
         return WeightSource(str(p), "safetensors", tuple(loose), len(loose) > 1, config)
+    onnxs = sorted(p.glob("*.onnx"))
+    if onnxs:
+        main = p / "model.onnx" if (p / "model.onnx").is_file() else onnxs[0]
+        if len(onnxs) > 1 and main.name != "model.onnx":
+            raise UnsupportedFormatError(p, f"holds {len(onnxs)} ONNX files and no model.onnx: pass one file")
+        return WeightSource(str(p), "onnx", (str(main),), False, config)
     ggufs = _gguf_models(p)
     if len(ggufs) == 1:
         return _gguf_source(p, ggufs[0])
@@ -199,12 +208,12 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     raise UnsupportedFormatError(
         p,
         "no weights found (looked for model.safetensors, model.safetensors.index.json, "
-        "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors, *.gguf)",
+        "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors, *.gguf, *.onnx, adapter_config.json)",
     )
 
 
 def _module(fmt: str):
-    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft}[fmt]
+    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft, "onnx": _onnx}[fmt]
 
 
 def read_header(source: WeightSource) -> dict[str, TensorInfo]:
