@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ...registry.errors import UnreadableWeightsError, UnsupportedFormatError
 from . import gguf as _gguf
+from . import gptq as _gptq
 from . import onnx as _onnx
 from . import peft as _peft
 from . import safetensors as _st
@@ -43,7 +44,7 @@ class WeightSource:
     """Where a model's weights are: its folder, files, format and config."""
 
     root: str
-    format: str  # "safetensors" | "bin" | "gguf" | "peft" | "onnx"
+    format: str  # "safetensors" | "bin" | "gguf" | "peft" | "onnx" | "gptq" (GPTQ and AWQ)
     files: tuple[str, ...]
     sharded: bool
     config: dict[str, Any] | None
@@ -174,12 +175,16 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     if p.name.startswith("models--") and (p / "snapshots").is_dir():
         p = _resolve_cache_repo(p)
     config = _read_config(p)
+    # GPTQ/AWQ checkpoints are safetensors whose config declares the packing.
+    packed = "gptq" if _gptq.quantization_config(config) else None
     for index, fmt in _INDEXES.items():
         if (p / index).is_file():
-            return WeightSource(str(p), fmt, _shards(p / index), True, config)
+            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, _shards(p / index),
+                                True, config)
     for single, fmt in _SINGLES.items():
         if (p / single).is_file():
-            return WeightSource(str(p), fmt, (str(p / single),), False, config)
+            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, (str(p / single),),
+                                False, config)
     if (p / _peft.ADAPTER_CONFIG).is_file():
         # A PEFT adapter: indexed as a model of kind ``adapter`` (its effective update).
         for f in _peft.ADAPTER_FILES:
@@ -190,7 +195,7 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         )
     loose = sorted(str(f) for f in p.glob("*.safetensors"))
     if loose:
-        return WeightSource(str(p), "safetensors", tuple(loose), len(loose) > 1, config)
+        return WeightSource(str(p), packed or "safetensors", tuple(loose), len(loose) > 1, config)
     onnxs = sorted(p.glob("*.onnx"))
     if onnxs:
         main = p / "model.onnx" if (p / "model.onnx").is_file() else onnxs[0]
@@ -213,7 +218,7 @@ def open_source(path: str | os.PathLike) -> WeightSource:
 
 
 def _module(fmt: str):
-    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft, "onnx": _onnx}[fmt]
+    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft, "onnx": _onnx, "gptq": _gptq}[fmt]
 
 
 def read_header(source: WeightSource) -> dict[str, TensorInfo]:
