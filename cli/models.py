@@ -97,6 +97,8 @@ def show(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
             c.print(f"[bold]{m.name}[/bold]  {m.architecture or m.family}  revision {m.revision}")
             c.print(f"source {m.source}  format {m.file_format}  digest {detail.content_digest[:16]}")
             c.print(f"blocks {m.num_blocks}  hidden {m.hidden_size}  mlp {m.mlp_width}  vocab {m.vocab_size}")
+            if m.file_format == "peft":
+                c.print("kind adapter (PEFT): tensors are its effective update scale*B@A per target module")
             if m.dtype and m.dtype not in ("F64", "F32", "F16", "BF16"):
                 c.print(f"quantization {m.dtype} (most common storage type of its weights)")
             if m.declared_base_models:

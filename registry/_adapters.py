@@ -57,7 +57,7 @@ def place_adapters(registry: "Registry") -> list[str]:
         bases.sort(key=lambda m: (m.id not in roots, m.created_at is None, str(m.created_at), m.name))
         plan = []
         for a in adapters:
-            cands = [b for b in bases if b.family == a.family]
+            cands = [b for b in bases if a.family == "unknown" or b.family == a.family]
             shapes = {
                 b.name: {t.name: tuple(t.shape) for t in s.scalars(select(Tensor).where(Tensor.model_id == b.id))}
                 for b in cands
