@@ -221,3 +221,14 @@ def test_real_llama_cpp_file_smollm2():
     r = raw["blk.0.attn_q.weight"].reshape(9, 64, 576)
     corr_raw = torch.corrcoef(torch.stack([r[:, :32].norm(dim=-1).flatten(), r[:, 32:].norm(dim=-1).flatten()]))[0, 1]
     assert corr_hf > corr_raw
+
+
+def test_cli_index_folder_of_quantizations_and_show(zoo_llama, tmp_path, cli):
+    folder = tmp_path / "tiny-GGUF"
+    write_gguf(zoo_llama / "llama-a", folder / "tiny.Q8_0.gguf", "Q8_0")
+    write_gguf(zoo_llama / "llama-a", folder / "tiny.Q4_0.gguf", "Q4_0")
+    code, out, _ = cli("--json", "index", str(folder))
+    assert code == 0
+    assert sorted(r["name"] for r in json.loads(out)["models"]) == ["tiny-GGUF/tiny.Q4_0", "tiny-GGUF/tiny.Q8_0"]
+    code, out, _ = cli("show", "tiny-GGUF/tiny.Q4_0")
+    assert code == 0 and "quantization Q4_0" in out and "format gguf" in out
