@@ -198,9 +198,13 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         return WeightSource(str(p), packed or "safetensors", tuple(loose), len(loose) > 1, config)
     onnxs = sorted(p.glob("*.onnx"))
     if onnxs:
-        main = p / "model.onnx" if (p / "model.onnx").is_file() else onnxs[0]
-        if len(onnxs) > 1 and main.name != "model.onnx":
-            raise UnsupportedFormatError(p, f"holds {len(onnxs)} ONNX files and no model.onnx: pass one file")
+        # optimum's decoder exports hold several graphs over the same weights: take the main one.
+        preferred = [p / n for n in ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx") if (p / n).is_file()]
+        main = preferred[0] if preferred else onnxs[0]
+        if len(onnxs) > 1 and not preferred:
+            raise UnsupportedFormatError(
+                p, f"holds {len(onnxs)} ONNX files and no model.onnx or decoder_model(_merged).onnx: pass one file"
+            )
         return WeightSource(str(p), "onnx", (str(main),), False, config)
     ggufs = _gguf_models(p)
     if len(ggufs) == 1:
