@@ -1,6 +1,6 @@
 """Place every indexed PEFT adapter (``file_format == "peft"``) as the ``adapter`` child of its base.
 
-Runs at the end of each ``resolve``: an adapter is never pair-tested (its
+A step of every resolve's execute (registry/_resolve.py): an adapter is never pair-tested (its
 update is not a model's weights), it is fitted by shape to the indexed models
 and decided by :func:`mothertree.lineage.adapters.place_adapter`. The edge's
 ``evidence`` says which candidate won and on what evidence, or that the
@@ -19,7 +19,7 @@ from ._schema import Edge, FamilyMember, Model, Tensor
 from .errors import MothertreeError
 
 if TYPE_CHECKING:
-    from ._registry import Registry
+    from ._connection import Connection
 
 __all__ = ["ADAPTER_FORMAT", "place_adapters"]
 
@@ -39,7 +39,7 @@ def _declared_matches(adapter: Model, models: list[Model]) -> list[str]:
     return out
 
 
-def place_adapters(registry: "Registry") -> list[str]:
+def place_adapters(registry: "Connection") -> list[str]:
     """(Re)place every adapter; returns warnings (one line per adapter that fits nothing or failed)."""
     from ..indexer.readers import iter_tensors, open_source, read_header
     from ..indexer.readers import peft as peft_reader

@@ -47,6 +47,12 @@ SETTINGS: tuple[Setting, ...] = (
         "bigger models get the weights-only tests, with a notice.",
     ),
     Setting(
+        "MOTHERTREE_WEBHOOK_SECRET",
+        None,
+        "Secret a hub webhook must send in X-Webhook-Secret to queue work on mothertree serve "
+        "(unset: the webhook refuses every call).",
+    ),
+    Setting(
         "MOTHERTREE_ZOO_DIR",
         None,
         "Cache folder of the synthetic model zoo used by tests, benchmarks and the demo.",

@@ -120,7 +120,7 @@ def test_new_adapter_upload_is_placed(zoo, tmp_path, registry):
     registry.index([zoo / "llama-a", zoo / "llama-a-ft"])
     registry.resolve()
     up = _adapter(zoo / "llama-a-ft", tmp_path / "upload", hint=None, modules_to_save=["lm_head"])
-    view = registry.ancestry(str(up))
+    view = registry.ancestry(str(up), add=True)
     assert [(e.parent, e.child, e.relation) for e in view.edges if e.child == "upload"] == [
         ("llama-a-ft", "upload", "adapter")
     ]
