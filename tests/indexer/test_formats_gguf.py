@@ -232,3 +232,15 @@ def test_cli_index_folder_of_quantizations_and_show(zoo_llama, tmp_path, cli):
     assert sorted(r["name"] for r in json.loads(out)["models"]) == ["tiny-GGUF/tiny.Q4_0", "tiny-GGUF/tiny.Q8_0"]
     code, out, _ = cli("show", "tiny-GGUF/tiny.Q4_0")
     assert code == 0 and "quantization Q4_0" in out and "format gguf" in out
+
+
+def test_folder_of_model_folders_expands_gguf_quantizations(zoo_llama, tmp_path):
+    from mothertree.registry._naming import expand_model_folders
+
+    hub = tmp_path / "downloads"
+    write_gguf(zoo_llama / "llama-a", hub / "tiny-GGUF" / "tiny.Q8_0.gguf", "Q8_0")
+    write_gguf(zoo_llama / "llama-a", hub / "tiny-GGUF" / "tiny.Q4_0.gguf", "Q4_0")
+    write_gguf(zoo_llama / "llama-a", hub / "solo" / "solo.Q8_0.gguf", "Q8_0")
+    paths = [Path(p) for p in expand_model_folders([hub])]
+    assert paths == [hub / "solo", hub / "tiny-GGUF" / "tiny.Q4_0.gguf", hub / "tiny-GGUF" / "tiny.Q8_0.gguf"]
+    assert [Path(p) for p in expand_model_folders([hub / "tiny-GGUF"])] == paths[1:]

@@ -94,7 +94,11 @@ def test_adapters_land_under_their_true_base_not_the_fine_tune(zoo, tmp_path, re
     stray = _adapter(zoo / "gpt2-a", tmp_path / "gpt2-lora", target_modules=["c_attn"], fan_in_fan_out=True)
     registry.index([base, ft, declared, saved, dora, blind, stray])
     assert {m.name: m.file_format for m in registry.models()}["dora"] == "peft"
-    report = registry.resolve()
+    plan = registry.plan_resolve()  # adapters are placed by execute, never pair-tested
+    adapters = {"lora-declared", "lora-lm-head", "dora", "lora-blind", "gpt2-lora"}
+    assert set(plan.adapters) == adapters and plan.to_dict()["adapters"] == sorted(adapters)
+    assert not adapters & {n for pair in plan.pairs for n in pair}
+    report = plan.execute()
     assert any(w.startswith("adapter gpt2-lora: no indexed model has the 4 target shapes") for w in report.warnings)
     fam = registry.family("llama-a")
     edges = {e.child: (e.parent, e.relation) for e in fam.edges}
