@@ -114,6 +114,10 @@ def show(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
             c.print(f"source {safe(m.source)}")
             c.print(f"format {m.file_format}  digest {detail.content_digest[:16]}")
             c.print(f"blocks {m.num_blocks}  hidden {m.hidden_size}  mlp {m.mlp_width}  vocab {m.vocab_size}")
+            if m.file_format == "peft":
+                c.print("kind adapter (PEFT): tensors are its effective update scale*B@A per target module")
+            if m.dtype and m.dtype not in ("F64", "F32", "F16", "BF16"):
+                c.print(f"quantization {m.dtype} (most common storage type of its weights)")
             if m.declared_base_models:
                 c.print(f"declared base: {safe(', '.join(m.declared_base_models))}")
             cols = [("tensor", 9), ("role", 8), ("block", 6), ("shape", 7), ("dtype", 5), ("std", 4),

@@ -6,7 +6,7 @@ Public surface: :func:`open_source` / :func:`read_header` / :func:`iter_tensors`
 """
 
 from ._scan import ModelScan, TensorRecord, scan_model
-from .readers import TensorInfo, WeightSource, iter_tensors, open_source, read_header
+from .readers import TensorInfo, WeightSource, iter_tensors, model_paths, open_source, read_header
 
 __all__ = [
     "ModelScan",
@@ -15,6 +15,7 @@ __all__ = [
     "WeightSource",
     "scan_model",
     "open_source",
+    "model_paths",
     "read_header",
     "iter_tensors",
 ]

@@ -112,7 +112,7 @@ def load_forward_model(path: str | Path) -> ForwardModel:
         model = auto.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False, weights_only=True, dtype=torch.float32
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:  # ImportError: GPTQ/AWQ need optimum
         raise fail(f"the weights do not load ({type(e).__name__}: {e})", e) from e
     model.eval()
     mlp_modules = find_mlp_modules(model, family)

@@ -114,6 +114,41 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
     )
 )
 
+# llama.cpp (GGUF) tensor names, one table for every architecture. The GGUF
+# reader returns tensors in the source layout ([out, in], Q/K un-permuted,
+# GPT-NeoX qkv re-interleaved), so nothing here is transposed. ``ffn_up`` and
+# ``ffn_down`` are the plain MLP's in/out for GPT-2, GPT-NeoX and BERT, and
+# Phi-3 stores its fused gate_up as ``ffn_up``.
+_GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)$")
+_GGUF_BLOCK_ROLES = {
+    "attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v", "attn_qkv": "attn.qkv",
+    "attn_output": "attn.o", "ffn_gate": "mlp.gate", "ffn_up": "mlp.up", "ffn_down": "mlp.down",
+    "attn_norm": "norm.attn", "attn_output_norm": "norm.attn", "attn_q_norm": "norm.qk",
+    "attn_k_norm": "norm.qk", "ffn_norm": "norm.mlp", "post_attention_norm": "norm.mlp",
+    "post_ffw_norm": "norm.mlp", "layer_output_norm": "norm.mlp",
+}
+_GGUF_TOP_ROLES = {
+    "token_embd": "embed.tokens", "position_embd": "embed.positions", "token_types": "embed.token_type",
+    "token_embd_norm": "norm.embed", "output_norm": "norm.final", "output": "head.lm",
+}
+_GGUF_PLAIN_MLP = {"gpt2", "gpt_neox", "bert"}
+
+
+def _assign_gguf(stem: str, part: str, family: str) -> RoleAssignment | None:
+    m = _GGUF_BLOCK.match(stem)
+    if m:
+        role = _GGUF_BLOCK_ROLES.get(m.group(2))
+        if role is None:
+            return RoleAssignment("other", int(m.group(1)), part)
+        if family in _GGUF_PLAIN_MLP and role in ("mlp.up", "mlp.down"):
+            role = "mlp.in" if role == "mlp.up" else "mlp.out"
+        elif family == "phi3" and role == "mlp.up":
+            role = "mlp.gate_up"
+        return RoleAssignment(role, int(m.group(1)), part)
+    role = _GGUF_TOP_ROLES.get(stem)
+    return RoleAssignment(role, None, part) if role else None
+
+
 # Buffers saved beside the weights that no training touches: identical in
 # independent models by construction, so they must never count as evidence.
 _BUFFERS = re.compile(
@@ -197,6 +232,9 @@ def assign_role(name: str, family: str) -> RoleAssignment:
     if _BUFFERS.search(name):
         return RoleAssignment("other", _block_of(name), "buffer")
     stem, part = _split_part(name)
+    gguf = _assign_gguf(stem, part, family)
+    if gguf is not None:
+        return gguf
     for pattern, role, _fam in _PATTERNS:
         m = pattern.search(stem)
         if m:

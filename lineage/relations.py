@@ -416,13 +416,18 @@ def rounds_onto_grid(q: torch.Tensor, source: torch.Tensor) -> tuple[float, floa
     return float((r > tol).float().mean()), float(r.mean())
 
 
+def _ggml_quantized(dtype: str) -> bool:
+    """GGUF block-quantized storage types (``Q4_K``, ``Q8_0``, ``IQ2_XS``, ``TQ1_0``, ``MXFP4``...)."""
+    return dtype[:1] == "Q" or dtype[:2] in ("IQ", "TQ") or dtype in ("MXFP4", "NVFP4")
+
+
 def is_quantized(w: WeightMap, dtypes: Sequence[str] = ()) -> bool:
     """True when the weights were stored in or rounded to a low-precision grid.
 
     A quantized storage dtype (int8, fp8) decides at once; otherwise the
     median :func:`grid_residual` over the identity tensors must be on a grid.
     """
-    if any(d in ("I8", "U8", "F8_E4M3", "F8_E5M2") for d in dtypes):
+    if any(d in ("I8", "U8", "F8_E4M3", "F8_E5M2") or _ggml_quantized(d) for d in dtypes):
         return True
     res = [grid_residual(t) for k, t in w.items() if k[0] in _IDENTITY]
     res = [r for r in res if not math.isnan(r)]

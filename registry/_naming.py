@@ -4,7 +4,9 @@ The rules (README, "Names and revisions"):
 
 * A default name is meaningful: a folder's name; for a bare weight file called
   ``model.safetensors`` / ``pytorch_model.bin`` (or a shard of one) the folder
-  holding it; ``org/name`` for a Hugging Face cache repo or snapshot.
+  holding it; ``org/name`` for a Hugging Face cache repo or snapshot; for a
+  GGUF file its model stem (split suffix dropped), ``folder/stem`` when its
+  folder holds several GGUF models (quantizations), one model per file.
 * A default name never takes over another model: when it is taken by a model
   indexed from another path with other weights, the parent folder is prefixed
   (``runB/checkpoint-500``), then the grandparent, and so on.
@@ -86,6 +88,10 @@ def _leaf_and_parents(source: "WeightSource") -> tuple[str, list[str]]:
     if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
         repo = root.parent.parent
         return repo.name.removeprefix("models--").replace("--", "/"), [p.name for p in repo.parents if p.name]
+    if root.is_file() and source.format == "gguf":
+        leaf = source.default_name  # ``folder/stem`` among several quantizations, else the stem
+        above = root.parent.parents if "/" in leaf else root.parents
+        return leaf, [p.name for p in above if p.name]
     if root.is_file():
         stem = root.stem
         if stem in _GENERIC_STEMS or _SHARD.match(stem):
@@ -156,9 +162,11 @@ def expand_model_folders(paths: list[str | os.PathLike]) -> list[str | os.PathLi
 
     A folder that holds no weights itself but whose sub-folders are models
     (snapshot layout, ``models--org--name`` cache repos) expands to those
-    sub-folders, sorted; anything else is left for the reader to judge.
+    sub-folders, sorted; a folder of several GGUF quantizations (itself or as
+    such a sub-folder) expands to one model per GGUF file; anything else is
+    left for the reader to judge.
     """
-    from ..indexer import open_source
+    from ..indexer import model_paths, open_source
     from .errors import MothertreeError
 
     out: list[str | os.PathLike] = []
@@ -166,6 +174,10 @@ def expand_model_folders(paths: list[str | os.PathLike]) -> list[str | os.PathLi
         folder = Path(p).expanduser()
         if not folder.is_dir():
             out.append(p)
+            continue
+        several = model_paths(folder)
+        if len(several) > 1:
+            out.extend(several)
             continue
         try:
             open_source(folder)
@@ -175,6 +187,10 @@ def expand_model_folders(paths: list[str | os.PathLike]) -> list[str | os.PathLi
             pass
         models = []
         for sub in sorted(x for x in folder.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            several = model_paths(sub)
+            if len(several) > 1:
+                models.extend(several)
+                continue
             try:
                 open_source(sub)
             except (MothertreeError, OSError, ValueError):

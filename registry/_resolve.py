@@ -16,6 +16,7 @@ import networkx as nx
 from sqlalchemy import delete, func, select, update
 
 from ..serialize import to_jsonable
+from ._adapters import ADAPTER_FORMAT, place_adapters
 from ._connection import Connection
 from ._families import solve_and_store
 from ._lookup import stored_candidates
@@ -55,7 +56,9 @@ class ResolvePlan:
     ``pairs`` are the candidate pairs to test; ``families`` the families that
     may be re-solved (their final membership depends on the test outcomes:
     here every candidate pair is assumed dependent); ``deletes`` counts the
-    rows a ``full`` resolve forgets first.
+    rows a ``full`` resolve forgets first. ``adapters`` are the PEFT adapters
+    (re)placed as ``adapter`` children of their bases after the families are
+    solved: an adapter is never pair-tested (its update is not a model's weights).
     """
 
     full: bool
@@ -70,6 +73,7 @@ class ResolvePlan:
     pair_ids: tuple[tuple[int, int], ...] = field(repr=False)
     registry_models: frozenset[int] = field(repr=False, compare=False)
     _execute: Callable[["ResolvePlan", Progress | None], ResolveReport] = field(repr=False, compare=False)
+    adapters: tuple[str, ...] = ()
 
     def execute(self, progress: Progress | None = None) -> ResolveReport:
         """Run the tests, control the false discovery rate and re-solve the families."""
@@ -84,6 +88,7 @@ class ResolvePlan:
             "pairs": [{"a": a, "b": b} for a, b in self.pairs],
             "families": [list(f) for f in self.families],
             "deletes": dict(self.deletes),
+            "adapters": list(self.adapters),
             "warnings": list(self.warnings),
         }
 
@@ -96,6 +101,7 @@ class _ModelInfo:
     created_at: Any
     declared: tuple[str, ...]
     resolved: bool
+    adapter: bool = False
 
 
 def _snapshot(conn: Connection) -> dict[int, _ModelInfo]:
@@ -103,7 +109,7 @@ def _snapshot(conn: Connection) -> dict[int, _ModelInfo]:
         return {
             m.id: _ModelInfo(
                 m.name, m.source, m.content_digest, m.created_at, tuple(m.declared_base_models or ()),
-                m.resolved_at is not None,
+                m.resolved_at is not None, m.file_format == ADAPTER_FORMAT,
             )
             for m in s.scalars(select(Model))
         }
@@ -137,6 +143,7 @@ def plan_resolve(
         families=families, deletes=deletes, warnings=tuple(warnings),
         model_ids=tuple(pending), pair_ids=tuple(pair_ids), registry_models=frozenset(info),
         _execute=lambda plan, progress: execute_resolve(conn, tester, plan, progress),
+        adapters=tuple(sorted(m.name for m in info.values() if m.adapter)),
     )
 
 
@@ -163,14 +170,21 @@ def _deletion_counts(s) -> tuple[tuple[str, int], ...]:
 def _candidate_pairs(
     conn: Connection, info: dict[int, _ModelInfo], pending: list[int], tested: set, k: int,
 ) -> tuple[list[tuple[int, int]], list[str]]:
-    """Untested pairs of each pending model with its copies and its top-``k`` candidates."""
-    by_name = {m.name: mid for mid, m in info.items()}
+    """Untested pairs of each pending model with its copies and its top-``k`` candidates.
+
+    Adapters are left out on both sides: they are placed, not pair-tested.
+    """
+    adapters = {mid for mid, m in info.items() if m.adapter}
+    by_name = {m.name: mid for mid, m in info.items() if mid not in adapters}
     by_digest: dict[str, list[int]] = {}
     for mid, m in info.items():
-        by_digest.setdefault(m.digest, []).append(mid)
+        if mid not in adapters:
+            by_digest.setdefault(m.digest, []).append(mid)
     todo: dict[tuple[int, int], None] = {}
     warnings = []
     for mid in pending:
+        if mid in adapters:
+            continue
         m = info[mid]
         partners: set[int] = set(by_digest[m.digest]) - {mid}
         try:
@@ -218,6 +232,9 @@ def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, pro
             # pending and is tried again by the next resolve.
             warnings.append(f"family of {names[comp[0]]} not resolved: {exc}")
             failed |= set(comp)
+    if plan.adapters:
+        say(f"placing {len(plan.adapters)} adapter(s)")
+        warnings.extend(place_adapters(conn))
     done = [m for m in plan.model_ids if m not in failed]
     edges, fams = _finish(conn, plan, started, done)
     return ResolveReport(len(done), len(plan.pair_ids), len(dep), edges, fams, plan.alpha, plan.full, tuple(warnings))
@@ -266,7 +283,7 @@ def _fdr_and_families(conn: Connection, plan: ResolvePlan):
             for r, rej, qv in zip(rows, rejected, q):
                 r.q_value_log10 = float(qv)
                 r.dependent = bool(rej) and r.method != "none"
-        model_ids = list(s.scalars(select(Model.id)))
+        model_ids = list(s.scalars(select(Model.id).where(Model.file_format != ADAPTER_FORMAT)))
     dep = [(r.a_id, r.b_id) for r in rows if r.dependent]
     g = nx.Graph()
     g.add_nodes_from(model_ids)

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ...registry.errors import UnreadableWeightsError, UnsupportedFormatError
+from . import gguf as _gguf
+from . import gptq as _gptq
+from . import onnx as _onnx
+from . import peft as _peft
 from . import safetensors as _st
 from . import torch_bin as _bin
 from ._common import SAFETENSORS_DTYPES, TensorInfo
@@ -24,7 +28,9 @@ from ._common import SAFETENSORS_DTYPES, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WeightSource", "TensorInfo", "SAFETENSORS_DTYPES", "open_source", "read_header", "iter_tensors"]
+__all__ = [
+    "WeightSource", "TensorInfo", "SAFETENSORS_DTYPES", "open_source", "read_header", "iter_tensors", "model_paths",
+]
 
 _INDEXES = {
     "model.safetensors.index.json": "safetensors",
@@ -38,7 +44,7 @@ class WeightSource:
     """Where a model's weights are: its folder, files, format and config."""
 
     root: str
-    format: str  # "safetensors" | "bin"
+    format: str  # "safetensors" | "bin" | "gguf" | "peft" | "onnx" | "gptq" (GPTQ and AWQ)
     files: tuple[str, ...]
     sharded: bool
     config: dict[str, Any] | None
@@ -47,6 +53,8 @@ class WeightSource:
     def default_name(self) -> str:
         """The folder's name, or the file's stem for a single file."""
         p = Path(self.root)
+        if p.is_file() and self.format == "gguf":
+            return _gguf_file_name(p)
         if p.is_file():
             return p.stem
         if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
@@ -103,6 +111,41 @@ def _shards(index_path: Path) -> tuple[str, ...]:
     return tuple(files)
 
 
+# --- GGUF: one model per file (or per split set); a folder of several is several models ----
+def _gguf_models(folder: Path) -> list[Path]:
+    """The first file of each GGUF model in a folder (split sets count once)."""
+    seen, out = set(), []
+    for f in sorted(folder.glob("*.gguf")):
+        stem = _gguf.model_stem(f)
+        if stem not in seen:
+            seen.add(stem)
+            out.append(f)
+    return out
+
+
+def _gguf_file_name(p: Path) -> str:
+    """``folder/stem`` when the folder holds several GGUF models (unique and stable), else the stem."""
+    stem = _gguf.model_stem(p)
+    return f"{p.parent.name}/{stem}" if len(_gguf_models(p.parent)) > 1 else stem
+
+
+def _gguf_source(root: Path, first: Path) -> WeightSource:
+    files = _gguf.split_files(first)
+    meta = _gguf.read_metadata(files[0])
+    names = [n for f in files for n in _gguf.read_header(f)]
+    return WeightSource(str(root), "gguf", files, len(files) > 1, _gguf.config_from_metadata(meta, names))
+
+
+def model_paths(path: str | os.PathLike) -> list[str]:
+    """The models a path holds: itself, or each GGUF file of a folder of several quantizations."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not any((p / f).is_file() for f in (*_INDEXES, *_SINGLES)):
+        ggufs = _gguf_models(p)
+        if len(ggufs) > 1:
+            return [str(f) for f in ggufs]
+    return [str(path)]
+
+
 def open_source(path: str | os.PathLike) -> WeightSource:
     """Locate a model's weight files and config.
 
@@ -118,32 +161,68 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_file() and p.suffix == ".gguf":
+        return _gguf_source(p, p)
+    if p.is_file() and p.suffix == ".onnx":
+        return WeightSource(str(p), "onnx", (str(p),), False, _read_config(p.parent))
+    if p.is_file() and p.name in _peft.ADAPTER_FILES and (p.parent / _peft.ADAPTER_CONFIG).is_file():
+        p = p.parent
     if p.is_file():
         fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
         if fmt is None:
-            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors or .bin)")
+            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors, .bin, .gguf or .onnx)")
         return WeightSource(str(p), fmt, (str(p),), False, _read_config(p.parent))
     if p.name.startswith("models--") and (p / "snapshots").is_dir():
         p = _resolve_cache_repo(p)
     config = _read_config(p)
+    # GPTQ/AWQ checkpoints are safetensors whose config declares the packing.
+    packed = "gptq" if _gptq.quantization_config(config) else None
     for index, fmt in _INDEXES.items():
         if (p / index).is_file():
-            return WeightSource(str(p), fmt, _shards(p / index), True, config)
+            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, _shards(p / index),
+                                True, config)
     for single, fmt in _SINGLES.items():
         if (p / single).is_file():
-            return WeightSource(str(p), fmt, (str(p / single),), False, config)
+            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, (str(p / single),),
+                                False, config)
+    if (p / _peft.ADAPTER_CONFIG).is_file():
+        # A PEFT adapter: indexed as a model of kind ``adapter`` (its effective update).
+        for f in _peft.ADAPTER_FILES:
+            if (p / f).is_file():
+                return WeightSource(str(p), "peft", (str(p / f),), False, _peft.read_adapter_config(p))
+        raise UnreadableWeightsError(
+            p / _peft.ADAPTER_CONFIG, f"adapter config without weights: expected {' or '.join(_peft.ADAPTER_FILES)}"
+        )
     loose = sorted(str(f) for f in p.glob("*.safetensors"))
     if loose:
-        return WeightSource(str(p), "safetensors", tuple(loose), len(loose) > 1, config)
+        return WeightSource(str(p), packed or "safetensors", tuple(loose), len(loose) > 1, config)
+    onnxs = sorted(p.glob("*.onnx"))
+    if onnxs:
+        # optimum's decoder exports hold several graphs over the same weights: take the main one.
+        preferred = [p / n for n in ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx") if (p / n).is_file()]
+        main = preferred[0] if preferred else onnxs[0]
+        if len(onnxs) > 1 and not preferred:
+            raise UnsupportedFormatError(
+                p, f"holds {len(onnxs)} ONNX files and no model.onnx or decoder_model(_merged).onnx: pass one file"
+            )
+        return WeightSource(str(p), "onnx", (str(main),), False, config)
+    ggufs = _gguf_models(p)
+    if len(ggufs) == 1:
+        return _gguf_source(p, ggufs[0])
+    if ggufs:
+        raise UnsupportedFormatError(
+            p, f"holds {len(ggufs)} GGUF models ({', '.join(f.name for f in ggufs[:3])}...): "
+            "index the folder with `mothertree index` (one model per file) or pass one file",
+        )
     raise UnsupportedFormatError(
         p,
         "no weights found (looked for model.safetensors, model.safetensors.index.json, "
-        "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors)",
+        "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors, *.gguf, *.onnx, adapter_config.json)",
     )
 
 
 def _module(fmt: str):
-    return _st if fmt == "safetensors" else _bin
+    return {"safetensors": _st, "bin": _bin, "gguf": _gguf, "peft": _peft, "onnx": _onnx, "gptq": _gptq}[fmt]
 
 
 def read_header(source: WeightSource) -> dict[str, TensorInfo]:
