@@ -139,6 +139,16 @@ class StreamingWeightMap(Mapping):
     def n_params(self) -> int:
         return self.float32_bytes // 4
 
+    def stored_names(self) -> tuple[str, ...]:
+        """Every tensor name in the files (not only identity weights)."""
+        return tuple(self._infos)
+
+    def raw(self, name: str) -> "torch.Tensor":
+        """One stored tensor by its name in the files, as stored (dtype, layout)."""
+        if name not in self._infos:
+            raise KeyError(name)
+        return self._raw(name)
+
     def to_dict(self) -> dict[Key, "torch.Tensor"]:
         """Every tensor in memory (what ``load_weight_map`` returns): only for small models."""
         return {k: self[k] for k in self._order}
