@@ -230,14 +230,13 @@ class BlockRunner:
             owner, leaf = _owner(module, pname)
             owner._parameters[leaf] = nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=False)
 
-    def collect(self, input_ids: torch.Tensor, n_blocks: int | None = None) -> dict:
-        """Push ``input_ids`` through the first ``n_blocks`` blocks; each block's MLP views.
+    def collect(self, input_ids: torch.Tensor, hooks: Any, n_blocks: int | None = None) -> Any:
+        """Push ``input_ids`` through the first ``n_blocks`` blocks (all when ``None``), recording with ``hooks``.
 
-        Returns ``{block: BlockActivations}`` on the CPU for blocks ``< n_blocks``
-        (all blocks when ``None``).
+        ``hooks(mlp_modules)`` is a context manager that records the listed
+        blocks' MLP views and yields an object whose ``result()`` is returned
+        (``lineage.activations.mlp_activation_hooks``: ``{block: BlockActivations}``).
         """
-        from ..lineage.activations import mlp_activation_hooks
-
         wanted = [b for b in self.blocks if n_blocks is None or b < n_blocks]
         if not wanted:
             raise ValueError(f"n_blocks: expected at least 1 block, got {n_blocks!r}")
@@ -264,7 +263,7 @@ class BlockRunner:
                 handles.append(module.register_forward_pre_hook(pre(prefix, False)))
                 handles.append(module.register_forward_hook(post(False, False)))
             mlp = {b: self.mlp_modules[b] for b in wanted}
-            with mlp_activation_hooks(mlp) as captured, torch.no_grad():
+            with hooks(mlp) as captured, torch.no_grad():
                 try:
                     self.model(input_ids.to(self.device))
                 except _Stop:
@@ -286,12 +285,9 @@ def _owner(module: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     return module, leaf
 
 
-def runner_device() -> str:
-    """``cuda`` when torch sees a GPU and ``MOTHERTREE_DEVICE`` allows it, else ``cpu``."""
-    from ..registry import settings
-
-    want = (settings.get("MOTHERTREE_DEVICE") or "auto").lower()
-    if want == "cpu":
+def runner_device(want: str = "auto") -> str:
+    """``cuda`` when torch sees a GPU and ``want`` (``MOTHERTREE_DEVICE``) allows it, else ``cpu``."""
+    if (want or "auto").lower() == "cpu":
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 

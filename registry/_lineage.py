@@ -169,9 +169,11 @@ class Lineage:
             )
         elif activations:
             try:
-                from ..indexer.forward import build_block_runner, seeded_inputs
+                from ..indexer.forward import build_block_runner, runner_device, seeded_inputs
+                from .settings import get as setting
 
-                runner = build_block_runner(source, weights=streamed)
+                runner = build_block_runner(source, weights=streamed,
+                                            device=runner_device(setting("MOTHERTREE_DEVICE") or "auto"))
                 max_pos = runner.seq_len_limit
                 seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
                 ids = seeded_inputs(runner.vocab_size, _N_SEQ, seq_len, seed=0)

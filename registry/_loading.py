@@ -115,7 +115,9 @@ class LazyActivations(Mapping):
             except (OSError, RuntimeError, KeyError, ValueError):
                 pass  # a damaged cache file is recomputed
         n = min(len(self._blocks), max(block + 1, 2 * self._computed))
-        got = self._runner.collect(self._ids, n_blocks=self._blocks[n - 1] + 1)
+        from ..lineage.activations import mlp_activation_hooks
+
+        got = self._runner.collect(self._ids, mlp_activation_hooks, n_blocks=self._blocks[n - 1] + 1)
         self.blocks_computed += len(got)
         self._computed = max(self._computed, n)
         for b, acts in got.items():
