@@ -96,14 +96,14 @@ class StreamingWeightMap(Mapping):
         if key not in self._where:
             raise KeyError(key)
         name, role = self._where[key]
-        stored = self._raw(name)
+        raw = self._raw(name)
+        stored = raw
         if role:
             a = assign_role(name, self.family)
-            stored = canonical_parts(a, stored, family=self.family, config=self.source.config)[role]
+            stored = canonical_parts(a, raw, family=self.family, config=self.source.config)[role]
         out = stored.float().contiguous()
-        if self.source.format != "safetensors" and out.untyped_storage().data_ptr() == \
-                self._raw(name).untyped_storage().data_ptr():
-            out = out.clone()  # never hand out a view of a memory-mapped pickle
+        if out.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
+            out = out.clone()  # never hand out a view of the memory map: the caller owns its tensor
         return out
 
     # -- metadata (no tensor bytes) --------------------------------------
