@@ -1019,10 +1019,13 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
         ka, kb = sorted(acts_a), sorted(acts_b)
     else:
         return None
-    if ka != kb or not ka or ka != list(range(len(ka))):
+    if not ka or not kb:
         return None
-    n_blocks = len(ka)
-    looks = look_schedule(n_blocks)
+    same_depth = ka == kb and ka == list(range(len(ka)))
+    n_blocks = len(ka) if same_depth else max(len(ka), len(kb))
+    # equal depths: looks after 1, 2, 4, ... blocks; different depths: one cheap look at every block pair
+    # (localization needs them all), then the full test
+    looks = look_schedule(n_blocks) if same_depth else (n_blocks,)
     k_total = len(looks) + 1  # the cheap looks and the full test
     lk = math.log10(k_total)
     cap = look_units if max_units is None else min(max_units, look_units)
@@ -1030,17 +1033,23 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
     for n in looks:
         parts: list[IndependenceResult] = []
         n_tests = int(use_exact) + int(use_match)
+        va, vb = (_BlockView(a, n), _BlockView(b, n)) if same_depth else (a, b)
         if use_exact:
-            parts.append(exact_test(_BlockView(a, n), _BlockView(b, n), alpha=alpha, max_units=cap,
-                                    max_features=feats, rng=rng))
+            parts.append(exact_test(va, vb, alpha=alpha, max_units=cap, max_features=feats, rng=rng))
         if use_match and not (parts and parts[0].p_value_log10 + math.log10(n_tests) + lk < stop_log10):
-            parts.append(match_test(_ActsView(acts_a, n), _ActsView(acts_b, n), alpha=alpha, max_units=cap,
-                                    rng=rng))
+            xa, xb = (_ActsView(acts_a, n), _ActsView(acts_b, n)) if same_depth else (acts_a, acts_b)
+            parts.append(match_test(xa, xb, alpha=alpha, max_units=cap, rng=rng))
         decider = min(parts, key=lambda r: r.p_value_log10)
         lp = decider.p_value_log10 + math.log10(n_tests) + lk
         if lp < stop_log10:
-            note = (f"sequential: stopped after {n} of {n_blocks} blocks (looks after {', '.join(map(str, looks))} "
-                    f"blocks at {cap} units, then the full test); p is Bonferroni over "
+            how = "exact test" if parts[0] is decider and use_exact else "match test"
+            skipped = "; phi_MATCH skipped (the exact test settled it)" if use_match and len(parts) == 1 else ""
+            if same_depth:
+                where = (f"stopped after {n} of {n_blocks} blocks (looks after {', '.join(map(str, looks))} "
+                         f"blocks at {cap} units, then the full test)")
+            else:
+                where = f"settled by every block pair at {cap} units (then the full test)"
+            note = (f"sequential: {where}, decided by the {how}{skipped}; p is Bonferroni over "
                     f"{'the exact and match tests and ' if n_tests > 1 else ''}the {k_total} looks")
             return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=bool(lp < math.log10(alpha)),
                            notes=decider.notes + (note,), blocks_read=n)

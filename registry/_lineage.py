@@ -168,25 +168,29 @@ class Lineage:
                 f"({forward_max_params():,}), no forward pass",
             )
         elif activations:
-            try:
+            config = streamed.source.config or {}
+            vocab = config.get("vocab_size")
+            max_pos = config.get("max_position_embeddings") or config.get("n_positions")
+            if not config:
+                notes = ("weights-only tests: cannot build a forward pass: no config.json in the folder",)
+            elif streamed.family == "unknown" or not isinstance(vocab, int) or vocab < 1:
+                notes = (f"weights-only tests: cannot build a forward pass for model_type "
+                         f"{config.get('model_type')!r}",)
+            else:
                 from ..indexer.forward import build_block_runner, runner_device, seeded_inputs
                 from .settings import get as setting
 
-                runner = build_block_runner(source, weights=streamed,
-                                            device=runner_device(setting("MOTHERTREE_DEVICE") or "auto"))
-                max_pos = runner.seq_len_limit
                 seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
-                ids = seeded_inputs(runner.vocab_size, _N_SEQ, seq_len, seed=0)
-                cache_dir = activation_cache_dir(self.registry.home, digest, runner.vocab_size, _N_SEQ, seq_len)
+                ids = seeded_inputs(vocab, _N_SEQ, seq_len, seed=0)
+                cache_dir = activation_cache_dir(self.registry.home, digest, vocab, _N_SEQ, seq_len)
+                device = runner_device(setting("MOTHERTREE_DEVICE") or "auto")
                 acts = {
-                    "vocab": runner.vocab_size,
+                    "vocab": vocab,
                     "seq_len": seq_len,
-                    "blocks": LazyActivations(runner, ids, cache_dir),
+                    # the runner (and transformers) is built only when a test needs an uncached block
+                    "blocks": LazyActivations(lambda: build_block_runner(source, weights=streamed, device=device),
+                                              ids, cache_dir, blocks=streamed.blocks),
                 }
-            except UnreadableWeightsError as exc:
-                notes = (f"weights-only tests: {exc.problem}",)
-            except (RuntimeError, IndexError, ValueError) as exc:
-                notes = (f"weights-only tests: the forward pass failed ({type(exc).__name__}: {exc})",)
         loaded = _Loaded(weights, acts, notes)
         self._cache[key] = loaded
         # Keep at most ``cache_bytes`` (and the memory budget) of weights and
@@ -221,14 +225,16 @@ class Lineage:
                     a.weights, b.weights, method=method, activations_a=acts_a, activations_b=acts_b, alpha=alpha,
                     sequential=method in ("auto", "exact", "match"),
                 )
-            except (RuntimeError, IndexError) as exc:
-                # a forward pass that fails half-way: the weights-only tests, with a notice
+            except (RuntimeError, IndexError, UnreadableWeightsError) as exc:
+                # no forward pass after all (built on first use), or one that fails half-way:
+                # the weights-only tests, with a notice
                 if acts_a is None or method == "match":
                     raise
+                why = exc.problem if isinstance(exc, UnreadableWeightsError) else \
+                    f"the forward pass failed ({type(exc).__name__}: {exc})"
                 res = independence_test(a.weights, b.weights, method=method, alpha=alpha,
                                         sequential=method in ("auto", "exact"))
-                return dataclasses.replace(res, notes=res.notes + (
-                    f"weights-only tests: the forward pass failed ({type(exc).__name__}: {exc})",))
+                return dataclasses.replace(res, notes=res.notes + (f"weights-only tests: {why}",))
         except ValueError as exc:
             raise NoComparableTensorsError(names[0], names[1], str(exc)) from None
 

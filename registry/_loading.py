@@ -73,11 +73,13 @@ class LazyActivations(Mapping):
     ``cache_dir`` (a model known only by its path) the views stay in memory.
     """
 
-    def __init__(self, runner: Any, input_ids: Any, cache_dir: Path | None) -> None:
+    def __init__(self, runner: Any, input_ids: Any, cache_dir: Path | None, blocks: Any = None) -> None:
+        # ``runner`` is a BlockRunner or a callable building one: transformers is imported, and the
+        # model built, only when a test first needs a block that is not cached
         self._runner = runner
         self._ids = input_ids
         self._dir = cache_dir
-        self._blocks = tuple(runner.blocks)
+        self._blocks = tuple(blocks if blocks is not None else runner.blocks)
         self._memory: dict[int, Any] = {}
         self._computed = 0
         self.blocks_computed = 0  # blocks pushed through the model by this object
@@ -117,6 +119,8 @@ class LazyActivations(Mapping):
         n = min(len(self._blocks), max(block + 1, 2 * self._computed))
         from ..lineage.activations import mlp_activation_hooks
 
+        if callable(self._runner) and not hasattr(self._runner, "collect"):
+            self._runner = self._runner()
         got = self._runner.collect(self._ids, mlp_activation_hooks, n_blocks=self._blocks[n - 1] + 1)
         self.blocks_computed += len(got)
         self._computed = max(self._computed, n)
