@@ -1051,6 +1051,8 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
                 where = f"settled by every block pair at {cap} units (then the full test)"
             note = (f"sequential: {where}, decided by the {how}{skipped}; p is Bonferroni over "
                     f"{'the exact and match tests and ' if n_tests > 1 else ''}the {k_total} looks")
+            # equal depths map block i to block i: the map covers every block, read or not
+            block_map = tuple((i, i) for i in ka) if same_depth else decider.block_map
             return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=bool(lp < math.log10(alpha)),
-                           notes=decider.notes + (note,), blocks_read=n)
+                           notes=decider.notes + (note,), blocks_read=n, block_map=block_map)
     return n_blocks
