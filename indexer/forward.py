@@ -235,7 +235,7 @@ class BlockRunner:
 
         ``hooks(mlp_modules)`` is a context manager that records the listed
         blocks' MLP views and yields an object whose ``result()`` is returned
-        (``lineage.activations.mlp_activation_hooks``: ``{block: BlockActivations}``).
+        (``indexer.activations.mlp_activation_hooks``: ``{block: MlpViews}``).
         """
         wanted = [b for b in self.blocks if n_blocks is None or b < n_blocks]
         if not wanted:

@@ -183,9 +183,9 @@ class StreamingWeightMap(Mapping):
             from safetensors import safe_open
 
             return safe_open(file, framework="pt")
-        from .readers.torch_bin import _load
+        from .readers.torch_bin import load_state
 
-        return _load(file)
+        return load_state(file)
 
     def __repr__(self) -> str:
         return f"StreamingWeightMap({self.source.root!r}, {len(self)} tensors, {len(self.blocks)} blocks)"

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..serialize import json_float  # the one NaN/inf rule, re-exported for lineage
+
 __all__ = [
     "check_matrix",
     "check_same_shape",
@@ -148,9 +150,9 @@ def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], to
         raise ValueError(f"{name}: expected at least one tensor, got an empty mapping")
     if not isinstance(weights, dict) and hasattr(weights, "shape_of"):
         # a streaming map (memory-mapped files): each tensor is checked when it is read
-        from .independence import _CheckedLazy
+        from .independence import CheckedLazy
 
-        return weights if isinstance(weights, _CheckedLazy) else _CheckedLazy(weights, name)
+        return weights if isinstance(weights, CheckedLazy) else CheckedLazy(weights, name)
     out: dict[tuple[str, int | None], torch.Tensor] = {}
     for key, value in weights.items():
         if (
@@ -164,6 +166,15 @@ def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], to
     return out
 
 
-def json_float(value: float) -> float | None:
-    """Return ``value`` as a JSON-safe float: NaN and infinities become ``None``."""
-    return None if math.isnan(value) or math.isinf(value) else float(value)
+
+
+
+def rejects(p_value_log10: float, alpha: float) -> bool:
+    """The one decision rule of a test: reject the null (``dependent``) when ``log10 p < log10 alpha``.
+
+    Examples
+    --------
+    >>> rejects(-3.0, 0.01), rejects(-2.0, 0.01)
+    (True, False)
+    """
+    return bool(p_value_log10 < math.log10(alpha))

@@ -46,18 +46,19 @@ from ._validation import (
     check_rng,
     check_weight_map,
     json_float,
+    rejects,
 )
 from .matching import (
-    _aligned_result,
-    _matching_result,
-    _sample_rows,
     aligned_cosine_test,
+    aligned_result_from_cosines,
     bonferroni_combine,
     cauchy_combine,
     fisher_combine,
+    matching_result_from_similarities,
+    sample_rows,
     unit_matching_test,
 )
-from .robust import BlockActivations, match_consistency_test, monotone_block_map
+from .robust import BlockActivations, grid_block_map, match_consistency_test
 
 __all__ = [
     "WeightMap",
@@ -265,7 +266,7 @@ def _result(components: list[ComponentResult], method: str, alpha: float, *, blo
         stat = components[int(np.argmin(lps))].statistic
     return IndependenceResult(
         statistic=stat, p_value=10.0**lp, p_value_log10=lp, method=method,
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL,
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL,
         blocks=tuple(blocks), block_map=tuple(block_map), tests=tuple(components), notes=tuple(notes),
     )
 
@@ -273,7 +274,7 @@ def _result(components: list[ComponentResult], method: str, alpha: float, *, blo
 # ---------------------------------------------------------------- exact test
 
 
-class _CheckedLazy(Mapping):
+class CheckedLazy(Mapping):
     """A lazy WeightMap (e.g. memory-mapped files) whose tensors are checked when read, not up front.
 
     Keys are checked at once; each value goes through ``check_matrix`` on
@@ -336,7 +337,7 @@ class _BlockView(Mapping):
 def _as_weight_map(weights: Any, name: str) -> Mapping:
     """``check_weight_map`` for in-memory dicts; a lazily checked view for any other Mapping."""
     if isinstance(weights, Mapping) and not isinstance(weights, dict) and len(weights) > 0:
-        return weights if isinstance(weights, _CheckedLazy) else _CheckedLazy(weights, name)
+        return weights if isinstance(weights, CheckedLazy) else CheckedLazy(weights, name)
     return check_weight_map(weights, name)
 
 
@@ -396,8 +397,8 @@ def _residual_tests(a: Mapping, b: Mapping, max_units: int | None, max_features:
     if not keys or len(dims) != 1 or min(dims) < 3:
         return None
     d = dims.pop()
-    rows = _sample_rows(d, max_units, gen)
-    idx = _sample_rows(d, max_units, gen)
+    rows = sample_rows(d, max_units, gen)
+    idx = sample_rows(d, max_units, gen)
     all_rows = len(rows) == d
     acc_m = torch.zeros(len(rows), d, dtype=torch.float64)
     acc_al = None if all_rows else torch.zeros(len(idx), len(idx), dtype=torch.float64)
@@ -416,8 +417,8 @@ def _residual_tests(a: Mapping, b: Mapping, max_units: int | None, max_features:
             acc_al += ta[idx_t] @ tb[idx_t].T
         del ta, tb
     acc_m /= len(keys)
-    m = _matching_result(acc_m.float(), rows)
-    al = _aligned_result(acc_m[idx_t][:, idx_t] if acc_al is None else acc_al / len(keys))
+    m = matching_result_from_similarities(acc_m.float(), rows)
+    al = aligned_result_from_cosines(acc_m[idx_t][:, idx_t] if acc_al is None else acc_al / len(keys))
     return m, al
 
 
@@ -519,8 +520,7 @@ def exact_test(
             for j in ub:
                 grid[i, j] = _phi_u_block(x, b[ub[j]], i, j, max_units, gen)
             del x
-        matrix = np.array([[grid[i, j].p_value_log10 for j in ub] for i in ua])
-        block_map = tuple((list(ua)[i], list(ub)[j]) for i, j in monotone_block_map(matrix))
+        matrix, block_map = grid_block_map(grid, ua, ub)
         blocks = [grid[pair] for pair in block_map]
         tests.append(_component("phi_u", float(max(r.statistic for r in grid.values())),
                                 bonferroni_combine(matrix.ravel()),
@@ -537,7 +537,7 @@ def exact_test(
     decider = min(combined, key=lambda t: t.p_value_log10)
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="exact",
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=tuple(blocks),
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=tuple(blocks),
         block_map=block_map, tests=tuple(tests), notes=tuple(notes),
     )
 
@@ -607,8 +607,7 @@ def match_test(
                                       f"block {r.block_a}: matchings of the two views unrelated") for r in blocks]
     else:
         grid = {(i, j): block(i, j) for i in ba for j in bb}
-        matrix = np.array([[grid[i, j].p_value_log10 for j in bb] for i in ba])
-        block_map = tuple((ba[i], bb[j]) for i, j in monotone_block_map(matrix))
+        matrix, block_map = grid_block_map(grid, ba, bb)
         blocks = [grid[pair] for pair in block_map]
         lp = bonferroni_combine(matrix.ravel())
         components = [ComponentResult("phi_match", float(max(r.statistic for r in grid.values())), 10.0**lp, lp,
@@ -809,7 +808,7 @@ def _shape_test(a: WeightMap, b: WeightMap, *, alpha: float, max_units: int | No
     decider = min(comps, key=lambda c: c.p_value_log10)
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="shape",
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, tests=tuple(comps),
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, tests=tuple(comps),
         notes=(f"exact test not applicable: {obstacle}" if obstacle else "exact test not applicable",
                f"weights-only: {len(comps)} tensor(s) paired by name and shape, rows assumed exchangeable "
                "(approximate p-value), Bonferroni-combined"),
@@ -939,7 +938,7 @@ def independence_test(
     lp = cauchy_combine([exact.p_value_log10, match.p_value_log10])
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method=decider.method,
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=decider.blocks,
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=decider.blocks,
         block_map=decider.block_map, tests=exact.tests + match.tests,
         notes=decider.notes + (
             f"exact and match both run (log10 p {exact.p_value_log10:.4g} and {match.p_value_log10:.4g}); "
@@ -1053,6 +1052,6 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
                     f"{'the exact and match tests and ' if n_tests > 1 else ''}the {k_total} looks")
             # equal depths map block i to block i: the map covers every block, read or not
             block_map = tuple((i, i) for i in ka) if same_depth else decider.block_map
-            return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=bool(lp < math.log10(alpha)),
+            return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=rejects(lp, alpha),
                            notes=decider.notes + (note,), blocks_read=n, block_map=block_map)
     return n_blocks

@@ -45,6 +45,7 @@ __all__ = [
     "AlignedResult",
     "cosine_similarity_matrix",
     "match_units",
+    "sample_rows",
     "spearman_identity_log10_p",
     "unit_matching_test",
     "aligned_cosine_test",
@@ -325,7 +326,7 @@ class MatchingResult:
         }
 
 
-def _sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.ndarray:
     """Sorted random subset of ``min(h, max_units)`` row indices (all rows when no cap)."""
     if max_units is None or max_units >= h:
         return np.arange(h)
@@ -391,12 +392,12 @@ def unit_matching_test(
     rows_m, cols_m = (b, a) if swapped else (a, b)
     if rows_m.shape[0] < 3:
         raise ValueError(f"a and b: expected at least 3 rows each, got {a.shape[0]} and {b.shape[0]}")
-    rows = _sample_rows(rows_m.shape[0], max_units, gen)
+    rows = sample_rows(rows_m.shape[0], max_units, gen)
     sim = cosine_similarity_matrix(rows_m[torch.from_numpy(rows)], cols_m, absolute=absolute, center=center)
-    return _matching_result(sim, rows, swapped)
+    return matching_result_from_similarities(sim, rows, swapped)
 
 
-def _matching_result(sim: torch.Tensor, rows: np.ndarray, swapped: bool = False) -> MatchingResult:
+def matching_result_from_similarities(sim: torch.Tensor, rows: np.ndarray, swapped: bool = False) -> MatchingResult:
     """phi_U from the similarities ``sim[k, j]`` of sampled row ``rows[k]`` with every column."""
     match = match_units(sim)
     r, lp = spearman_identity_log10_p(rows, match)
@@ -490,11 +491,11 @@ def aligned_cosine_test(a: Any, b: Any, *, max_units: int | None = None, rng: An
     gen = check_rng(rng)
     if a.shape[0] < 3:
         raise ValueError(f"a: expected at least 3 rows, got {a.shape[0]}")
-    idx = torch.from_numpy(_sample_rows(a.shape[0], max_units, gen))
-    return _aligned_result(cosine_similarity_matrix(a[idx], b[idx]))
+    idx = torch.from_numpy(sample_rows(a.shape[0], max_units, gen))
+    return aligned_result_from_cosines(cosine_similarity_matrix(a[idx], b[idx]))
 
 
-def _aligned_result(c: torch.Tensor) -> AlignedResult:
+def aligned_result_from_cosines(c: torch.Tensor) -> AlignedResult:
     """The aligned test from the square cross-cosine matrix ``c[i, j] = cos(a_i, b_j)``."""
     c = c.double()
     h = c.shape[0]
@@ -606,8 +607,8 @@ def similarity_matching_tests(
         raise ValueError(f"c: expected a square matrix with at least 3 rows, got shape {tuple(c.shape)}")
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
-    rows = _sample_rows(c.shape[0], max_units, gen)
-    m = _matching_result(c[torch.from_numpy(rows)], rows)
-    idx = torch.from_numpy(_sample_rows(c.shape[0], max_units, gen))
-    al = _aligned_result(c[idx][:, idx])
+    rows = sample_rows(c.shape[0], max_units, gen)
+    m = matching_result_from_similarities(c[torch.from_numpy(rows)], rows)
+    idx = torch.from_numpy(sample_rows(c.shape[0], max_units, gen))
+    al = aligned_result_from_cosines(c[idx][:, idx])
     return m, al

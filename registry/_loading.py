@@ -1,6 +1,6 @@
 """Streaming loads for the lineage tests: lazy weights, block-by-block activations cached on disk.
 
-:meth:`Lineage._load <mothertree.registry._lineage.Lineage._load>` hands the
+:meth:`WeightsCache._load <mothertree.registry._weights_cache.WeightsCache._load>` hands the
 tests a :class:`~mothertree.indexer.streaming.StreamingWeightMap` (tensors
 read from memory maps on demand) and a :class:`LazyActivations` (each block's
 phi_MATCH views pushed through a :class:`~mothertree.indexer.forward.BlockRunner`
@@ -117,14 +117,15 @@ class LazyActivations(Mapping):
             except (OSError, RuntimeError, KeyError, ValueError):
                 pass  # a damaged cache file is recomputed
         n = min(len(self._blocks), max(block + 1, 2 * self._computed))
-        from ..lineage.activations import mlp_activation_hooks
+        from ..indexer.activations import mlp_activation_hooks
 
         if callable(self._runner) and not hasattr(self._runner, "collect"):
             self._runner = self._runner()
         got = self._runner.collect(self._ids, mlp_activation_hooks, n_blocks=self._blocks[n - 1] + 1)
         self.blocks_computed += len(got)
         self._computed = max(self._computed, n)
-        for b, acts in got.items():
+        for b, views in got.items():
+            acts = BlockActivations(*views)  # the indexer's MlpViews (kind, a, b)
             path = self._file(b)
             if path is None:
                 self._memory[b] = acts

@@ -21,6 +21,7 @@ __all__ = [
     "NoComparableTensorsError",
     "HubError",
     "MemoryBudgetError",
+    "InvalidNameError",
 ]
 
 
@@ -31,14 +32,11 @@ class MothertreeError(Exception):
 class ModelNotFoundError(MothertreeError, LookupError):
     """A model name that is not in the registry."""
 
-    def __init__(self, name: str, db: str | None = None) -> None:
-        self.model_id = name
+    def __init__(self, name: str, db: str | None = None, *, hint: str = "Index it with: mothertree index PATH") -> None:
+        self.name = name
         self.db = db
         where = f" at {db}" if db else ""
-        super().__init__(
-            f"Model '{name}' is not in the registry{where}. "
-            f"Index it with: mothertree index PATH"
-        )
+        super().__init__(f"Model '{name}' is not in the registry{where}. {hint}")
 
 
 class UnreadableWeightsError(MothertreeError, ValueError):
@@ -94,3 +92,9 @@ class MemoryBudgetError(MothertreeError, MemoryError):
             f"{what} needs about {needed_bytes / 2**30:.2f} GiB but MOTHERTREE_MAX_MEMORY is "
             f"{budget_bytes / 2**30:.2f} GiB. Raise it (e.g. MOTHERTREE_MAX_MEMORY=16G) or use a larger machine"
         )
+class InvalidNameError(MothertreeError, ValueError):
+    """A registry name that is refused: control characters, too long, a path escape."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.model_id = name
+        super().__init__(f"{problem}. Choose another with: mothertree index PATH --name NAME")

@@ -12,7 +12,7 @@ from scipy import stats
 from mothertree.indexer.forward import build_block_runner, load_forward_model, seeded_inputs
 from mothertree.indexer.streaming import StreamingWeightMap
 from mothertree.indexer.weights import load_weight_map
-from mothertree.lineage.activations import collect_mlp_activations, mlp_activation_hooks
+from mothertree.indexer.activations import collect_mlp_activations, mlp_activation_hooks
 from mothertree.lineage.independence import independence_test, look_schedule
 
 
@@ -159,8 +159,8 @@ def test_registry_test_reports_blocks_read_and_caches_activations(registry, tiny
     again = Registry(registry.url)
     try:
         with again.session() as s:
-            _, source, digest = again.lineage._source_of(s, "parent")
-        loaded = again.lineage._load(source, digest)
+            _, source, digest = again._pairs.source_of(s, "parent")
+        loaded = again._pairs.cache.load(source, digest)
         loaded.activations["blocks"][0]
         assert loaded.activations["blocks"].blocks_computed == 0
     finally:

@@ -1,22 +1,30 @@
 """Collect the two views of each MLP block's hidden units that phi_MATCH compares.
 
 The model is any :class:`torch.nn.Module`; which submodules are a block's MLP
-projections is given by the caller (``mothertree.indexer.forward`` finds them
-from the canonical role map), so this module knows nothing about files or
-architectures.
+projections is given by the caller (:mod:`.forward` finds them from the
+canonical role map), so this module knows nothing about files or
+architectures. It runs model code (forward hooks), which is why it lives in
+the indexer and not in the pure ``lineage`` package; the views it returns
+become :class:`mothertree.lineage.BlockActivations` where a test needs them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
-from .robust import BlockActivations
+__all__ = ["MlpViews", "collect_mlp_activations", "mlp_activation_hooks"]
 
-__all__ = ["collect_mlp_activations", "mlp_activation_hooks"]
+
+class MlpViews(NamedTuple):
+    """Two views of one MLP block's hidden units (``kind``: ``"glu"`` or ``"plain"``; ``a``, ``b``: ``[h, N]``)."""
+
+    kind: str
+    a: torch.Tensor
+    b: torch.Tensor
 
 _GLU_ROLES = ("mlp.gate", "mlp.up")
 _FUSED_ROLE = "mlp.gate_up"
@@ -57,7 +65,7 @@ def collect_mlp_activations(
     model: nn.Module,
     mlp_modules: Mapping[int, Mapping[str, nn.Module]],
     input_ids: torch.Tensor,
-) -> dict[int, BlockActivations]:
+) -> dict[int, MlpViews]:
     """Run ``model`` once on ``input_ids`` and record each MLP block's two views.
 
     Forward hooks capture, for every block:
@@ -80,7 +88,7 @@ def collect_mlp_activations(
 
     Returns
     -------
-    dict block -> BlockActivations
+    dict block -> MlpViews
         Each view is ``[intermediate, N]`` float32: rows are hidden units
         because those are what a permutation of the block moves.
     """
@@ -104,13 +112,13 @@ class _Captured:
         self.kinds = kinds
         self.views: dict[tuple[int, str], torch.Tensor] = {}
 
-    def result(self) -> dict[int, BlockActivations]:
-        """``{block: BlockActivations}`` for every block; raises when a block did not run."""
+    def result(self) -> dict[int, MlpViews]:
+        """``{block: MlpViews}`` for every block; raises when a block did not run."""
         missing = sorted(b for b in self.kinds if (b, "a") not in self.views or (b, "b") not in self.views)
         if missing:
             raise ValueError(f"mlp_modules: expected every block's modules to run in the forward pass, "
                              f"got no output from blocks {missing}")
-        return {b: BlockActivations(self.kinds[b], self.views[b, "a"], self.views[b, "b"]) for b in sorted(self.kinds)}
+        return {b: MlpViews(self.kinds[b], self.views[b, "a"], self.views[b, "b"]) for b in sorted(self.kinds)}
 
 
 @contextlib.contextmanager
