@@ -10,12 +10,13 @@ become :class:`mothertree.lineage.BlockActivations` where a test needs them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+import contextlib
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["MlpViews", "collect_mlp_activations"]
+__all__ = ["MlpViews", "collect_mlp_activations", "mlp_activation_hooks"]
 
 
 class MlpViews(NamedTuple):
@@ -99,49 +100,76 @@ def collect_mlp_activations(
         raise TypeError(f"input_ids: expected a 2-D torch.long tensor [n_seq, seq_len], got {got}")
     if not isinstance(mlp_modules, Mapping) or not mlp_modules:
         raise ValueError("mlp_modules: expected at least one block, got none")
-    kinds = {block: _check_roles(block, roles) for block, roles in mlp_modules.items()}
+    with mlp_activation_hooks(mlp_modules) as captured, torch.no_grad():
+        model(input_ids)
+    return captured.result()
 
-    captured: dict[tuple[int, str], torch.Tensor] = {}
+
+class _Captured:
+    """What the hooks of :func:`mlp_activation_hooks` recorded."""
+
+    def __init__(self, kinds: dict[int, str]) -> None:
+        self.kinds = kinds
+        self.views: dict[tuple[int, str], torch.Tensor] = {}
+
+    def result(self) -> dict[int, MlpViews]:
+        """``{block: MlpViews}`` for every block; raises when a block did not run."""
+        missing = sorted(b for b in self.kinds if (b, "a") not in self.views or (b, "b") not in self.views)
+        if missing:
+            raise ValueError(f"mlp_modules: expected every block's modules to run in the forward pass, "
+                             f"got no output from blocks {missing}")
+        return {b: MlpViews(self.kinds[b], self.views[b, "a"], self.views[b, "b"]) for b in sorted(self.kinds)}
+
+
+@contextlib.contextmanager
+def mlp_activation_hooks(mlp_modules: Mapping[int, Mapping[str, nn.Module]]) -> Iterator[_Captured]:
+    """Forward hooks recording each listed block's two MLP views while the context is open.
+
+    The views are those of :func:`collect_mlp_activations`; the output
+    projection of a plain block is read when its hook runs, so a block whose
+    weights are loaded just in time (``indexer.forward.BlockRunner``) works.
+    Call ``.result()`` on the yielded object after the forward pass.
+    """
+    if not isinstance(mlp_modules, Mapping) or not mlp_modules:
+        raise ValueError("mlp_modules: expected at least one block, got none")
+    kinds = {block: _check_roles(block, roles) for block, roles in mlp_modules.items()}
+    captured = _Captured(kinds)
+    views = captured.views
 
     def rows(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().reshape(-1, t.shape[-1]).to(torch.float32).T.contiguous()
+        return t.detach().reshape(-1, t.shape[-1]).to(torch.float32).T.contiguous().cpu()
 
     def output_hook(block: int, view: str):
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            captured[block, view] = rows(output)
+            views[block, view] = rows(output)
         return hook
 
     def fused_hook(block: int):
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             gate, up = output.chunk(2, dim=-1)
-            captured[block, "a"], captured[block, "b"] = rows(gate), rows(up)
+            views[block, "a"], views[block, "b"] = rows(gate), rows(up)
         return hook
 
-    def plain_hook(block: int, d: torch.Tensor):
+    def plain_hook(block: int, out_module: nn.Module):
         def hook(_module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            d = _output_projection(out_module, f"mlp_modules[{block}]['mlp.out']")
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32)
-            captured[block, "a"] = rows(output)
-            captured[block, "b"] = (x @ d.to(torch.float32)).T.contiguous()
+            views[block, "a"] = rows(output)
+            views[block, "b"] = (x @ d.to(device=x.device, dtype=torch.float32)).T.contiguous().cpu()
         return hook
 
     handles = []
     try:
         for block, roles in mlp_modules.items():
             if kinds[block] == "plain":
-                d = _output_projection(roles["mlp.out"], f"mlp_modules[{block}]['mlp.out']")
-                handles.append(roles["mlp.in"].register_forward_hook(plain_hook(block, d)))
+                _output_projection(roles["mlp.out"], f"mlp_modules[{block}]['mlp.out']")  # type check now
+                handles.append(roles["mlp.in"].register_forward_hook(plain_hook(block, roles["mlp.out"])))
             elif _FUSED_ROLE in roles:
                 handles.append(roles[_FUSED_ROLE].register_forward_hook(fused_hook(block)))
             else:
                 handles.append(roles["mlp.gate"].register_forward_hook(output_hook(block, "a")))
                 handles.append(roles["mlp.up"].register_forward_hook(output_hook(block, "b")))
-        with torch.no_grad():
-            model(input_ids)
+        yield captured
     finally:
         for handle in handles:
             handle.remove()
-    missing = sorted(b for b in kinds if (b, "a") not in captured or (b, "b") not in captured)
-    if missing:
-        raise ValueError(f"mlp_modules: expected every block's modules to run in the forward pass, "
-                         f"got no output from blocks {missing}")
-    return {b: MlpViews(kinds[b], captured[b, "a"], captured[b, "b"]) for b in sorted(kinds)}

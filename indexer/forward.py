@@ -11,10 +11,11 @@ callers then fall back to the weights-only tests and say so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -22,7 +23,10 @@ from torch import nn
 from ..registry.errors import UnreadableWeightsError
 from .roles import assign_role, detect_family
 
-__all__ = ["ForwardModel", "load_forward_model", "find_mlp_modules", "seeded_inputs"]
+__all__ = [
+    "ForwardModel", "load_forward_model", "find_mlp_modules", "seeded_inputs",
+    "BlockRunner", "build_block_runner", "runner_device",
+]
 
 _MLP_ROLES = frozenset({"mlp.gate", "mlp.up", "mlp.gate_up", "mlp.down", "mlp.in", "mlp.out"})
 
@@ -144,3 +148,241 @@ def seeded_inputs(vocab_size: int, n_seq: int, seq_len: int, seed: int = 0) -> t
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (n_seq, seq_len), generator=gen, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- block-by-block forward passes
+
+
+class _Stop(Exception):
+    """Raised by the last wanted block's hook: the rest of the model is never run."""
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build modules with parameters on the meta device (no memory) and buffers real.
+
+    Parameters are created, then moved to ``meta`` as they are registered;
+    buffers (rotary frequencies, position ids) stay on the CPU because they
+    are computed in ``__init__`` and not stored in the weight files.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=False)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+@dataclass
+class BlockRunner:
+    """A model whose weights are read from the files one block at a time during the forward pass.
+
+    Built from ``config.json`` with every parameter on the meta device; a
+    forward pre-hook on each block loads that block's parameters from the
+    memory-mapped files (float32, on ``device``), and a forward hook drops
+    them again, so memory holds one block (plus the activations kept).
+    Modules outside the blocks (embeddings, norms) are loaded the same way,
+    one module at a time. The pass stops after the last block asked for, so
+    the LM head is never read.
+
+    Use :func:`build_block_runner`; :meth:`collect` runs it.
+    """
+
+    model: nn.Module
+    mlp_modules: Mapping[int, Mapping[str, nn.Module]]
+    vocab_size: int
+    family: str
+    seq_len_limit: int | None
+    device: str
+    _weights: Any  # StreamingWeightMap: raw tensors by stored name
+    _names: dict[str, str]  # model parameter name -> stored tensor name
+    _containers: dict[int, tuple[str, nn.Module]]
+    _leaves: tuple[tuple[str, nn.Module], ...]
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(sorted(self.mlp_modules))
+
+    def _load_params(self, prefix: str, module: nn.Module, recurse: bool) -> None:
+        for pname, p in module.named_parameters(recurse=recurse):
+            full = f"{prefix}.{pname}" if prefix else pname
+            stored = self._names.get(full)
+            if stored is None:
+                raise UnreadableWeightsError(self._weights.source.root, f"cannot build a forward pass: "
+                                             f"no stored tensor for parameter {full}; use the weights-only "
+                                             "independence tests")
+            t = self._weights.raw(stored).to(device=self.device, dtype=torch.float32)
+            if tuple(t.shape) != tuple(p.shape):
+                raise UnreadableWeightsError(self._weights.source.root, f"cannot build a forward pass: {stored} "
+                                             f"has shape {tuple(t.shape)}, the config expects {tuple(p.shape)}")
+            owner, leaf = _owner(module, pname)
+            owner._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+
+    @staticmethod
+    def _free_params(module: nn.Module, recurse: bool) -> None:
+        for pname, p in list(module.named_parameters(recurse=recurse)):
+            owner, leaf = _owner(module, pname)
+            owner._parameters[leaf] = nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=False)
+
+    def collect(self, input_ids: torch.Tensor, hooks: Any, n_blocks: int | None = None) -> Any:
+        """Push ``input_ids`` through the first ``n_blocks`` blocks (all when ``None``), recording with ``hooks``.
+
+        ``hooks(mlp_modules)`` is a context manager that records the listed
+        blocks' MLP views and yields an object whose ``result()`` is returned
+        (``indexer.activations.mlp_activation_hooks``: ``{block: MlpViews}``).
+        """
+        wanted = [b for b in self.blocks if n_blocks is None or b < n_blocks]
+        if not wanted:
+            raise ValueError(f"n_blocks: expected at least 1 block, got {n_blocks!r}")
+        last = wanted[-1]
+        handles = []
+
+        def pre(prefix, recurse):
+            def hook(module, _args):
+                self._load_params(prefix, module, recurse)
+            return hook
+
+        def post(recurse, stop):
+            def hook(module, _args, _out):
+                self._free_params(module, recurse)
+                if stop:
+                    raise _Stop
+            return hook
+
+        try:
+            for b, (prefix, module) in self._containers.items():
+                handles.append(module.register_forward_pre_hook(pre(prefix, True)))
+                handles.append(module.register_forward_hook(post(True, b == last)))
+            for prefix, module in self._leaves:
+                handles.append(module.register_forward_pre_hook(pre(prefix, False)))
+                handles.append(module.register_forward_hook(post(False, False)))
+            mlp = {b: self.mlp_modules[b] for b in wanted}
+            with hooks(mlp) as captured, torch.no_grad():
+                try:
+                    self.model(input_ids.to(self.device))
+                except _Stop:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+            for prefix, module in self._containers.values():
+                self._free_params(module, True)
+            for prefix, module in self._leaves:
+                self._free_params(module, False)
+        return captured.result()
+
+
+def _owner(module: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *path, leaf = dotted.split(".")
+    for p in path:
+        module = getattr(module, p)
+    return module, leaf
+
+
+def runner_device(want: str = "auto") -> str:
+    """``cuda`` when torch sees a GPU and ``want`` (``MOTHERTREE_DEVICE``) allows it, else ``cpu``."""
+    if (want or "auto").lower() == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_block_runner(path: str | Path, weights: Any = None, device: str | None = None) -> BlockRunner:
+    """A :class:`BlockRunner` for the model folder ``path`` (no tensor bytes read yet).
+
+    ``weights`` is the model's :class:`~mothertree.indexer.streaming.StreamingWeightMap`
+    when the caller already has one. Works for every architecture that both
+    ``transformers`` and the role map know (GQA included: the attention
+    modules come from ``transformers``).
+
+    Raises
+    ------
+    UnreadableWeightsError
+        When no forward pass can be built; the message says to use the weights-only tests.
+    """
+    from .streaming import StreamingWeightMap
+
+    folder = Path(path)
+    config_path = folder / "config.json"
+
+    def fail(problem: str, cause: Exception | None = None) -> UnreadableWeightsError:
+        err = UnreadableWeightsError(
+            folder, f"cannot build a forward pass: {problem}; use the weights-only independence tests"
+        )
+        err.__cause__ = cause
+        return err
+
+    if not config_path.is_file():
+        raise fail("no config.json in the folder")
+    try:
+        raw_config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise fail(f"config.json is not valid JSON ({e})", e) from e
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
+    family = detect_family(raw_config, ())
+    if family == "unknown":
+        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
+    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
+        else AutoModel
+    weights = weights if weights is not None else StreamingWeightMap(folder)
+    try:
+        with _parameters_on_meta():
+            model = auto.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise fail(f"transformers cannot build it ({type(e).__name__}: {e})", e) from e
+    model.eval()
+    dev = device or runner_device()
+    for module in model.modules():
+        for bname, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[bname] = buf.to(dev)
+    # model parameter names -> stored names (a base model's names lack the head model's prefix, or vice versa)
+    stored = set(weights.stored_names())
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    names: dict[str, str] = {}
+    for pname, _ in model.named_parameters():
+        for cand in (pname, pname.removeprefix(prefix + "."), f"{prefix}.{pname}"):
+            if cand in stored:
+                names[pname] = cand
+                break
+    mlp_modules = find_mlp_modules(model, family)
+    if not mlp_modules:
+        raise fail(f"no MLP block found in the {family} model")
+    containers: dict[int, tuple[str, nn.Module]] = {}
+    modules = dict(model.named_modules())
+    for block, roles in mlp_modules.items():
+        some = next(iter(roles.values()))
+        name = next(n for n, m in modules.items() if m is some)
+        parts = name.split(".")
+        cut = max(i for i, p in enumerate(parts) if p == str(block))
+        cname = ".".join(parts[: cut + 1])
+        containers[block] = (cname, modules[cname])
+    inside = tuple(c for c, _ in containers.values())
+    leaves = tuple(
+        (n, m) for n, m in modules.items()
+        if n and not any(n == c or n.startswith(c + ".") for c in inside)
+        and any(True for _ in m.parameters(recurse=False))
+    )
+    missing = [p for p in names.keys() ^ {p for p, _ in model.named_parameters()}
+               if any(p.startswith(c + ".") for c in inside)]
+    if missing:
+        raise fail(f"the files lack block parameters the config expects (e.g. {sorted(missing)[0]})")
+    vocab_size = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab_size < 1:
+        raise fail("config.json has no vocab_size")
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return BlockRunner(model, mlp_modules, vocab_size, family, max_pos if isinstance(max_pos, int) else None,
+                       dev, weights, names, containers, leaves)

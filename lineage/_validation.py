@@ -148,6 +148,11 @@ def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], to
         raise TypeError(f"{name}: expected a mapping (role, block) -> tensor, got {type(weights).__name__}")
     if not weights:
         raise ValueError(f"{name}: expected at least one tensor, got an empty mapping")
+    if not isinstance(weights, dict) and hasattr(weights, "shape_of"):
+        # a streaming map (memory-mapped files): each tensor is checked when it is read
+        from .independence import CheckedLazy
+
+        return weights if isinstance(weights, CheckedLazy) else CheckedLazy(weights, name)
     out: dict[tuple[str, int | None], torch.Tensor] = {}
     for key, value in weights.items():
         if (

@@ -29,8 +29,9 @@ Three methods, picked by :func:`independence_test`:
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from ._validation import (
     check_alpha,
     check_choice,
+    check_matrix,
     check_optional_positive_int,
     check_positive_int,
     check_rng,
@@ -46,7 +48,16 @@ from ._validation import (
     json_float,
     rejects,
 )
-from .matching import aligned_cosine_test, bonferroni_combine, cauchy_combine, fisher_combine, unit_matching_test
+from .matching import (
+    aligned_cosine_test,
+    aligned_result_from_cosines,
+    bonferroni_combine,
+    cauchy_combine,
+    fisher_combine,
+    matching_result_from_similarities,
+    sample_rows,
+    unit_matching_test,
+)
 from .robust import BlockActivations, grid_block_map, match_consistency_test
 
 __all__ = [
@@ -67,6 +78,7 @@ __all__ = [
     "apply_null_symmetry",
     "aligned_weight_similarity",
     "tensor_evidence",
+    "look_schedule",
 ]
 
 WeightMap = Mapping[tuple[str, "int | None"], torch.Tensor]
@@ -205,6 +217,9 @@ class IndependenceResult:
         ``notes`` says how their p-values were combined.
     notes : tuple of str
         What was not possible or how p-values were combined.
+    blocks_read : int or None
+        Blocks of each model the test read (sequential testing stops early
+        once dependence is settled); ``None`` when not sequential.
     """
 
     statistic: float
@@ -218,6 +233,7 @@ class IndependenceResult:
     block_map: tuple[tuple[int, int], ...] = ()
     tests: tuple[ComponentResult, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    blocks_read: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,6 +248,7 @@ class IndependenceResult:
             "block_map": self.block_map,
             "tests": tuple(t.to_dict() for t in self.tests),
             "notes": self.notes,
+            "blocks_read": self.blocks_read,
         }
 
 
@@ -257,51 +274,152 @@ def _result(components: list[ComponentResult], method: str, alpha: float, *, blo
 # ---------------------------------------------------------------- exact test
 
 
+class CheckedLazy(Mapping):
+    """A lazy WeightMap (e.g. memory-mapped files) whose tensors are checked when read, not up front.
+
+    Keys are checked at once; each value goes through ``check_matrix`` on
+    access, so a block-by-block test never holds more than the block at hand.
+    ``shape_of(key)`` passes through when the wrapped map offers it.
+    """
+
+    def __init__(self, weights: Mapping, name: str) -> None:
+        for key in weights:
+            if (
+                not isinstance(key, tuple)
+                or len(key) != 2
+                or not isinstance(key[0], str)
+                or not (key[1] is None or isinstance(key[1], int))
+            ):
+                raise TypeError(f"{name}: expected keys (role: str, block: int | None), got {key!r}")
+        self._w, self._name = weights, name
+
+    def __getitem__(self, key):
+        return check_matrix(self._w[key], f"{self._name}[{key[0]!r}, {key[1]!r}]")
+
+    def __iter__(self):
+        return iter(self._w)
+
+    def __len__(self) -> int:
+        return len(self._w)
+
+    def __contains__(self, key) -> bool:
+        return key in self._w
+
+    def shape_of(self, key) -> tuple[int, ...]:
+        return _shape(self._w, key)
+
+
+class _BlockView(Mapping):
+    """The model-level tensors and blocks ``< n`` of a WeightMap, read through it lazily."""
+
+    def __init__(self, weights: Mapping, n: int) -> None:
+        self._w = weights
+        self._keys = [k for k in weights if k[1] is None or k[1] < n]
+
+    def __getitem__(self, key):
+        if key[1] is not None and key not in self._keys:
+            raise KeyError(key)
+        return self._w[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def shape_of(self, key) -> tuple[int, ...]:
+        return _shape(self._w, key)
+
+
+def _as_weight_map(weights: Any, name: str) -> Mapping:
+    """``check_weight_map`` for in-memory dicts; a lazily checked view for any other Mapping."""
+    if isinstance(weights, Mapping) and not isinstance(weights, dict) and len(weights) > 0:
+        return weights if isinstance(weights, CheckedLazy) else CheckedLazy(weights, name)
+    return check_weight_map(weights, name)
+
+
+def _shape(weights: Mapping, key) -> tuple[int, ...]:
+    """A tensor's shape without reading it when the map can tell (``shape_of``)."""
+    if hasattr(weights, "shape_of"):
+        return tuple(weights.shape_of(key))
+    return tuple(weights[key].shape)
+
+
+def _unit_keys(weights: Mapping) -> dict[int, tuple[str, int]]:
+    """Each block's key whose rows are hidden units: ``mlp.up`` (GLU) else ``mlp.in``."""
+    rows: dict[int, tuple[str, int]] = {}
+    for role, block in weights:
+        if block is not None and (role == "mlp.up" or (role == "mlp.in" and (("mlp.up", block) not in weights))):
+            rows[block] = (role, block)
+    return dict(sorted(rows.items()))
+
+
 def _unit_rows(weights: Mapping[tuple[str, int | None], torch.Tensor]) -> dict[int, torch.Tensor]:
     """Each block's matrix whose rows are hidden units: ``mlp.up`` (GLU) else ``mlp.in``."""
-    rows: dict[int, torch.Tensor] = {}
-    for (role, block), t in weights.items():
-        if block is not None and (role == "mlp.up" or (role == "mlp.in" and (("mlp.up", block) not in weights))):
-            rows[block] = t
-    return dict(sorted(rows.items()))
+    return {b: weights[k] for b, k in _unit_keys(weights).items()}
 
 
 def _exact_obstacle(a: Mapping, b: Mapping) -> str | None:
     """Why the exact test cannot run on these two WeightMaps, or ``None`` when it can."""
-    ua, ub = _unit_rows(a), _unit_rows(b)
+    ua = {blk: _shape(a, k) for blk, k in _unit_keys(a).items()}
+    ub = {blk: _shape(b, k) for blk, k in _unit_keys(b).items()}
     if not ua or not ub:
         return "a model has no mlp.up or mlp.in weights"
-    da = {t.shape[1] for t in ua.values()}
-    db = {t.shape[1] for t in ub.values()}
+    da = {t[1] for t in ua.values()}
+    db = {t[1] for t in ub.values()}
     if len(da) != 1 or da != db:
         return f"no shared residual basis (hidden sizes {sorted(da)} and {sorted(db)})"
-    if min(t.shape[0] for t in [*ua.values(), *ub.values()]) < 3:
+    if min(t[0] for t in [*ua.values(), *ub.values()]) < 3:
         return "an MLP block has fewer than 3 hidden units"
     return None
 
 
-def _residual_features(a: Mapping, b: Mapping, max_features: int | None,
-                       gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``[d, features]`` matrices of each model: one row per residual dimension.
+def _residual_tests(a: Mapping, b: Mapping, max_units: int | None, max_features: int | None,
+                    gen: np.random.Generator):
+    """phi_U and the aligned test on the residual dimensions, one tensor at a time.
 
-    Each tensor's residual vectors are scaled to unit norm before
-    concatenation, so every tensor weighs the same; at most ``max_features``
-    coordinates per tensor, the same random ones in both models.
+    Each model's features are its embedding and attention tensors with one
+    row per residual dimension, each tensor's rows scaled to unit norm (every
+    tensor weighs the same) and at most ``max_features`` coordinates per
+    tensor, the same random ones in both models. The cosine of two
+    concatenated rows is the mean over tensors of the per-tensor cosines, so
+    the cross-cosine rows the tests need are accumulated tensor by tensor and
+    no concatenation is ever built. Returns ``None`` when no tensor qualifies.
     """
-    parts_a, parts_b = [], []
+    keys = []
     for key in sorted(set(a) & set(b), key=lambda k: (k[0], -1 if k[1] is None else k[1])):
-        role = key[0]
-        if role not in _RESIDUAL_TEST_ROLES or a[key].shape != b[key].shape:
-            continue
-        ta, tb = (a[key], b[key]) if _RESIDUAL_AXIS[role] == 0 else (a[key].T, b[key].T)
+        if key[0] in _RESIDUAL_TEST_ROLES and _shape(a, key) == _shape(b, key):
+            keys.append(key)
+    dims = {_shape(a, k)[_RESIDUAL_AXIS[k[0]]] for k in keys}
+    if not keys or len(dims) != 1 or min(dims) < 3:
+        return None
+    d = dims.pop()
+    rows = sample_rows(d, max_units, gen)
+    idx = sample_rows(d, max_units, gen)
+    all_rows = len(rows) == d
+    acc_m = torch.zeros(len(rows), d, dtype=torch.float64)
+    acc_al = None if all_rows else torch.zeros(len(idx), len(idx), dtype=torch.float64)
+    rows_t, idx_t = torch.from_numpy(rows), torch.from_numpy(idx)
+    for key in keys:
+        ta, tb = a[key], b[key]
+        if _RESIDUAL_AXIS[key[0]] == 1:
+            ta, tb = ta.T, tb.T
         if max_features is not None and ta.shape[1] > max_features:
             cols = torch.from_numpy(np.sort(gen.choice(ta.shape[1], size=max_features, replace=False)))
             ta, tb = ta[:, cols], tb[:, cols]
-        parts_a.append(ta / ta.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        parts_b.append(tb / tb.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    if not parts_a or len({p.shape[0] for p in parts_a}) != 1 or parts_a[0].shape[0] < 3:
-        return None
-    return torch.cat(parts_a, dim=1), torch.cat(parts_b, dim=1)
+        ta = ta / ta.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        tb = tb / tb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        acc_m += (ta if all_rows else ta[rows_t]) @ tb.T
+        if acc_al is not None:
+            acc_al += ta[idx_t] @ tb[idx_t].T
+        del ta, tb
+    acc_m /= len(keys)
+    m = matching_result_from_similarities(acc_m.float(), rows)
+    al = aligned_result_from_cosines(acc_m[idx_t][:, idx_t] if acc_al is None else acc_al / len(keys))
+    return m, al
 
 
 def _phi_u_block(x: torch.Tensor, y: torch.Tensor, block_a: int, block_b: int, max_units: int | None,
@@ -360,8 +478,8 @@ def exact_test(
     >>> exact_test(a, b).dependent
     True
     """
-    a = check_weight_map(a, "a")
-    b = check_weight_map(b, "b")
+    a = _as_weight_map(a, "a")
+    b = _as_weight_map(b, "b")
     alpha = check_alpha(alpha)
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     max_features = check_optional_positive_int(max_features, "max_features")
@@ -369,14 +487,12 @@ def exact_test(
     obstacle = _exact_obstacle(a, b)
     if obstacle is not None:
         raise ValueError(f"a and b: expected models with a shared residual basis for the exact test, got {obstacle}")
-    ua, ub = _unit_rows(a), _unit_rows(b)
+    ua, ub = _unit_keys(a), _unit_keys(b)
     tests, notes = [], []
     matching_lps, aligned_lps = [], []
-    residual = _residual_features(a, b, max_features, gen)
+    residual = _residual_tests(a, b, max_units, max_features, gen)
     if residual is not None:
-        fa, fb = residual
-        m = unit_matching_test(fa, fb, max_units=max_units, rng=gen)
-        al = aligned_cosine_test(fa, fb, max_units=max_units, rng=gen)
+        m, al = residual
         tests.append(_component("residual_matching", m.statistic, m.p_value_log10,
                                 "residual dimensions exchangeable (matching vs identity)"))
         tests.append(_component("residual_aligned", al.z, al.p_value_log10,
@@ -386,7 +502,7 @@ def exact_test(
     else:
         notes.append("no embedding or attention tensor shared: residual test skipped")
     if list(ua) == list(ub):
-        blocks = [_phi_u_block(ua[i], ub[i], i, i, max_units, gen) for i in ua]
+        blocks = [_phi_u_block(a[ua[i]], b[ub[i]], i, i, max_units, gen) for i in ua]
         block_map = tuple((i, i) for i in ua)
         matching_lps += [r.matching_p_value_log10 for r in blocks]
         aligned_lps += [r.aligned_p_value_log10 for r in blocks if r.aligned_p_value_log10 is not None]
@@ -398,7 +514,12 @@ def exact_test(
                                     "rows exchangeable; aligned cosine per block and residual (Fisher)"))
         combined = [t for t in tests if t.name in ("phi_u", "aligned")]
     else:
-        grid = {(i, j): _phi_u_block(ua[i], ub[j], i, j, max_units, gen) for i in ua for j in ub}
+        grid = {}
+        for i in ua:
+            x = a[ua[i]]  # one block of a in memory, b's blocks read in turn
+            for j in ub:
+                grid[i, j] = _phi_u_block(x, b[ub[j]], i, j, max_units, gen)
+            del x
         matrix, block_map = grid_block_map(grid, ua, ub)
         blocks = [grid[pair] for pair in block_map]
         tests.append(_component("phi_u", float(max(r.statistic for r in grid.values())),
@@ -459,12 +580,18 @@ def match_test(
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
     for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
-        if not isinstance(acts, Mapping) or not acts or not all(isinstance(v, BlockActivations) for v in acts.values()):
+        # a lazy mapping (activations computed or read block by block) is checked as it is read
+        if not isinstance(acts, Mapping) or not acts or (
+            isinstance(acts, dict) and not all(isinstance(v, BlockActivations) for v in acts.values())
+        ):
             raise TypeError(f"{name}: expected a non-empty mapping block -> BlockActivations, got {type(acts).__name__}")
     ba, bb = sorted(activations_a), sorted(activations_b)
 
     def block(i: int, j: int) -> BlockResult:
         x, y = activations_a[i], activations_b[j]
+        for name, v in (("activations_a", x), ("activations_b", y)):
+            if not isinstance(v, BlockActivations):
+                raise TypeError(f"{name}: expected a mapping block -> BlockActivations, got {type(v).__name__}")
         r = match_consistency_test(x, y, max_units=max_units, rng=gen)
         kept = None
         if x.n_units != y.n_units:
@@ -704,6 +831,9 @@ def independence_test(
     n_permutations: int = 99,
     statistic: Callable[[WeightMap, WeightMap], float] = aligned_weight_similarity,
     rng: Any = None,
+    sequential: bool = False,
+    stop_log10: float = -12.0,
+    look_units: int = 256,
 ) -> IndependenceResult:
     """Test whether two models' weights are independent; pick the method automatically.
 
@@ -733,6 +863,19 @@ def independence_test(
     statistic : callable
         PERMTEST's statistic (higher = more similar).
     rng : None, int or numpy.random.Generator
+    sequential : bool
+        Read blocks in order and look at a cheap combined p-value after 1, 2,
+        4, 8, ... blocks (``look_units`` units per block); stop as soon as
+        ``K * p < 10 ** stop_log10`` over the ``K`` pre-set looks (Bonferroni
+        over the looks) and report that ``K * p``. When no look settles it the
+        full test runs on every block and its p-value is reported unchanged:
+        the result is valid up to an additive ``10 ** stop_log10`` (see
+        ``docs/streaming.md``). Equal depths only; ``blocks_read`` says how
+        many blocks were read.
+    stop_log10 : float
+        The early-stopping threshold on the corrected ``log10 p`` (< 0).
+    look_units : int
+        Units per block (and residual dimensions) matched at the looks.
 
     Returns
     -------
@@ -749,8 +892,8 @@ def independence_test(
     """
     check_choice(method, "method", METHODS)
     alpha = check_alpha(alpha)
-    a = check_weight_map(a, "a")
-    b = check_weight_map(b, "b")
+    a = _as_weight_map(a, "a")
+    b = _as_weight_map(b, "b")
     if (activations_a is None) != (activations_b is None):
         raise ValueError("activations_a and activations_b: expected both or neither, got only one")
     has_acts = activations_a is not None
@@ -758,6 +901,22 @@ def independence_test(
     obstacle = _exact_obstacle(a, b)
     if method == "permtest":
         return permutation_test(a, b, statistic=statistic, n_permutations=n_permutations, alpha=alpha, rng=gen)
+    if sequential:
+        if not isinstance(stop_log10, (int, float)) or isinstance(stop_log10, bool) or not stop_log10 < 0:
+            raise ValueError(f"stop_log10: expected a float < 0, got {stop_log10!r}")
+        look_units = check_positive_int(look_units, "look_units", minimum=3)
+        full_gen = copy.deepcopy(gen)  # the full test sees the same draws as without the looks
+        seq = _sequential_looks(a, b, activations_a, activations_b, method=method, obstacle=obstacle, alpha=alpha,
+                                max_units=max_units, max_features=max_features, rng=gen,
+                                stop_log10=float(stop_log10), look_units=look_units)
+        if isinstance(seq, IndependenceResult):
+            return seq
+        full = independence_test(a, b, method=method, activations_a=activations_a, activations_b=activations_b,
+                                 alpha=alpha, max_units=max_units, max_features=max_features, rng=full_gen)
+        if seq is None:
+            return full
+        return replace(full, blocks_read=seq, notes=full.notes + (
+            f"sequential: not settled at the looks, full test on all {seq} blocks",))
     if method == "exact" or (method == "auto" and not has_acts and obstacle is None):
         result = exact_test(a, b, alpha=alpha, max_units=max_units, max_features=max_features, rng=gen)
         if not has_acts:
@@ -792,3 +951,107 @@ def _with_notes(result: IndependenceResult, notes: tuple[str, ...]) -> Independe
     from dataclasses import replace
 
     return replace(result, notes=result.notes + notes)
+
+
+# ---------------------------------------------------------------- sequential testing
+
+
+class _ActsView(Mapping):
+    """Blocks ``< n`` of an activation mapping, read through it lazily."""
+
+    def __init__(self, acts: Mapping, n: int) -> None:
+        self._acts, self._keys = acts, [k for k in acts if k < n]
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._acts[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def look_schedule(n_blocks: int) -> tuple[int, ...]:
+    """The pre-set looks of sequential testing: after 1, 2, 4, 8, ... blocks and after the last.
+
+    Examples
+    --------
+    >>> look_schedule(32), look_schedule(6), look_schedule(1)
+    ((1, 2, 4, 8, 16, 32), (1, 2, 4, 6), (1,))
+    """
+    n_blocks = check_positive_int(n_blocks, "n_blocks")
+    looks, n = [], 1
+    while n < n_blocks:
+        looks.append(n)
+        n *= 2
+    return tuple(looks) + (n_blocks,)
+
+
+def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_units, max_features, rng,
+                      stop_log10, look_units):
+    """Cheap looks of sequential testing.
+
+    Returns the stopped result, or the number of blocks when no look
+    settled it (the caller then runs the full test), or ``None`` when the
+    models cannot be tested sequentially (different depths: every block pair
+    is needed for localization).
+
+    At look ``k`` (first ``n_k`` blocks) the look's p-value ``p_k`` is the
+    exact test on those blocks, phi_MATCH on them, or, when both apply,
+    ``2 min`` of the two (Bonferroni, valid under any dependence; the exact
+    test runs first and phi_MATCH is skipped when the exact test alone
+    already settles the look). Each ``p_k`` is a valid p-value for a fixed
+    ``n_k``; with ``K`` looks plus the full test, stopping when
+    ``K p_k < tau`` and reporting ``K p_k`` is valid by Bonferroni over the
+    looks whatever the dependence between them.
+    """
+    use_exact = method == "exact" or (method == "auto" and obstacle is None)
+    use_match = acts_a is not None and method in ("auto", "match")
+    if method == "exact" and obstacle is not None:
+        return None
+    if use_exact:
+        ka, kb = list(_unit_keys(a)), list(_unit_keys(b))
+    elif use_match:
+        ka, kb = sorted(acts_a), sorted(acts_b)
+    else:
+        return None
+    if not ka or not kb:
+        return None
+    same_depth = ka == kb and ka == list(range(len(ka)))
+    n_blocks = len(ka) if same_depth else max(len(ka), len(kb))
+    # equal depths: looks after 1, 2, 4, ... blocks; different depths: one cheap look at every block pair
+    # (localization needs them all), then the full test
+    looks = look_schedule(n_blocks) if same_depth else (n_blocks,)
+    k_total = len(looks) + 1  # the cheap looks and the full test
+    lk = math.log10(k_total)
+    cap = look_units if max_units is None else min(max_units, look_units)
+    feats = 4 * look_units if max_features is None else min(max_features, 4 * look_units)
+    for n in looks:
+        parts: list[IndependenceResult] = []
+        n_tests = int(use_exact) + int(use_match)
+        va, vb = (_BlockView(a, n), _BlockView(b, n)) if same_depth else (a, b)
+        if use_exact:
+            parts.append(exact_test(va, vb, alpha=alpha, max_units=cap, max_features=feats, rng=rng))
+        if use_match and not (parts and parts[0].p_value_log10 + math.log10(n_tests) + lk < stop_log10):
+            xa, xb = (_ActsView(acts_a, n), _ActsView(acts_b, n)) if same_depth else (acts_a, acts_b)
+            parts.append(match_test(xa, xb, alpha=alpha, max_units=cap, rng=rng))
+        decider = min(parts, key=lambda r: r.p_value_log10)
+        lp = decider.p_value_log10 + math.log10(n_tests) + lk
+        if lp < stop_log10:
+            how = "exact test" if parts[0] is decider and use_exact else "match test"
+            skipped = "; phi_MATCH skipped (the exact test settled it)" if use_match and len(parts) == 1 else ""
+            if same_depth:
+                where = (f"stopped after {n} of {n_blocks} blocks (looks after {', '.join(map(str, looks))} "
+                         f"blocks at {cap} units, then the full test)")
+            else:
+                where = f"settled by every block pair at {cap} units (then the full test)"
+            note = (f"sequential: {where}, decided by the {how}{skipped}; p is Bonferroni over "
+                    f"{'the exact and match tests and ' if n_tests > 1 else ''}the {k_total} looks")
+            # equal depths map block i to block i: the map covers every block, read or not
+            block_map = tuple((i, i) for i in ka) if same_depth else decider.block_map
+            return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=rejects(lp, alpha),
+                           notes=decider.notes + (note,), blocks_read=n, block_map=block_map)
+    return n_blocks

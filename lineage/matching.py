@@ -49,6 +49,7 @@ __all__ = [
     "spearman_identity_log10_p",
     "unit_matching_test",
     "aligned_cosine_test",
+    "similarity_matching_tests",
     "fisher_combine",
     "bonferroni_combine",
     "cauchy_combine",
@@ -393,6 +394,11 @@ def unit_matching_test(
         raise ValueError(f"a and b: expected at least 3 rows each, got {a.shape[0]} and {b.shape[0]}")
     rows = sample_rows(rows_m.shape[0], max_units, gen)
     sim = cosine_similarity_matrix(rows_m[torch.from_numpy(rows)], cols_m, absolute=absolute, center=center)
+    return matching_result_from_similarities(sim, rows, swapped)
+
+
+def matching_result_from_similarities(sim: torch.Tensor, rows: np.ndarray, swapped: bool = False) -> MatchingResult:
+    """phi_U from the similarities ``sim[k, j]`` of sampled row ``rows[k]`` with every column."""
     match = match_units(sim)
     r, lp = spearman_identity_log10_p(rows, match)
     units_a, units_b = (match, rows) if swapped else (rows, match)
@@ -486,7 +492,12 @@ def aligned_cosine_test(a: Any, b: Any, *, max_units: int | None = None, rng: An
     if a.shape[0] < 3:
         raise ValueError(f"a: expected at least 3 rows, got {a.shape[0]}")
     idx = torch.from_numpy(sample_rows(a.shape[0], max_units, gen))
-    c = cosine_similarity_matrix(a[idx], b[idx]).double()
+    return aligned_result_from_cosines(cosine_similarity_matrix(a[idx], b[idx]))
+
+
+def aligned_result_from_cosines(c: torch.Tensor) -> AlignedResult:
+    """The aligned test from the square cross-cosine matrix ``c[i, j] = cos(a_i, b_j)``."""
+    c = c.double()
     h = c.shape[0]
     s = float(c.diagonal().sum())
     mean = float(c.sum()) / h
@@ -571,3 +582,33 @@ def cauchy_combine(p_values_log10: Any) -> float:
         return min(0.0, -math.log10(math.pi * t))
     pc = 0.5 - math.atan(t) / math.pi
     return min(0.0, math.log10(max(pc, 1e-300)))
+
+
+def similarity_matching_tests(
+    c: Any, *, max_units: int | None = None, rng: Any = None
+) -> tuple[MatchingResult, AlignedResult]:
+    """phi_U and the aligned test from a square cross-cosine matrix, without the rows themselves.
+
+    ``c[i, j] = cos(a_i, b_j)`` (e.g. accumulated block by block, so the rows
+    never exist in memory at once). The same random rows are used by both
+    tests, as :func:`unit_matching_test` and :func:`aligned_cosine_test` would
+    on the rows; both stay exact under the null of exchangeable rows.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a = torch.randn(40, 30, generator=g)
+    >>> m, al = similarity_matching_tests(cosine_similarity_matrix(a, a + 0.5 * torch.randn(40, 30, generator=g)))
+    >>> m.p_value_log10 < -10 and al.z > 5
+    True
+    """
+    c = check_matrix(c, "c")
+    if c.shape[0] != c.shape[1] or c.shape[0] < 3:
+        raise ValueError(f"c: expected a square matrix with at least 3 rows, got shape {tuple(c.shape)}")
+    max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
+    gen = check_rng(rng)
+    rows = sample_rows(c.shape[0], max_units, gen)
+    m = matching_result_from_similarities(c[torch.from_numpy(rows)], rows)
+    idx = torch.from_numpy(sample_rows(c.shape[0], max_units, gen))
+    al = aligned_result_from_cosines(c[idx][:, idx])
+    return m, al

@@ -24,7 +24,7 @@ from ._connection import Connection
 from ._models import iso, utc_now
 from ._schema import Model, PairTest
 from ._weights_cache import LoadedModel, WeightsCache
-from .errors import ModelNotFoundError, NoComparableTensorsError
+from .errors import ModelNotFoundError, NoComparableTensorsError, UnreadableWeightsError
 
 __all__ = ["PairReport", "PairTester", "SAME_MODEL", "known_result", "store_result"]
 
@@ -181,18 +181,36 @@ def store_result(session_factory, na: str, nb: str, result) -> bool:
 
 
 def _test_loaded(a: LoadedModel, b: LoadedModel, *, method: str, alpha: float, names: tuple[str, str]):
+    """The pair's test, read block by block with sequential early stopping (``docs/streaming.md``)."""
     from ..lineage import block_activations, independence_test
+    from ._loading import LazyActivations
+
+    def views(blocks: Any) -> Any:
+        # lazy activations already yield BlockActivations, block by block, on first use
+        return blocks if isinstance(blocks, LazyActivations) else block_activations(blocks)
 
     acts_a = acts_b = None
     if (
         a.activations and b.activations
         and (a.activations["vocab"], a.activations["seq_len"]) == (b.activations["vocab"], b.activations["seq_len"])
     ):
-        acts_a, acts_b = block_activations(a.activations["blocks"]), block_activations(b.activations["blocks"])
+        acts_a, acts_b = views(a.activations["blocks"]), views(b.activations["blocks"])
     try:
-        return independence_test(
-            a.weights, b.weights, method=method, activations_a=acts_a, activations_b=acts_b, alpha=alpha,
-        )
+        try:
+            return independence_test(
+                a.weights, b.weights, method=method, activations_a=acts_a, activations_b=acts_b, alpha=alpha,
+                sequential=method in ("auto", "exact", "match"),
+            )
+        except (RuntimeError, IndexError, UnreadableWeightsError) as exc:
+            # no forward pass after all (built on first use), or one that fails half-way:
+            # the weights-only tests, with a notice
+            if acts_a is None or method == "match":
+                raise
+            why = exc.problem if isinstance(exc, UnreadableWeightsError) else \
+                f"the forward pass failed ({type(exc).__name__}: {exc})"
+            res = independence_test(a.weights, b.weights, method=method, alpha=alpha,
+                                    sequential=method in ("auto", "exact"))
+            return dataclasses.replace(res, notes=res.notes + (f"weights-only tests: {why}",))
     except ValueError as exc:
         raise NoComparableTensorsError(names[0], names[1], str(exc)) from None
 

@@ -63,7 +63,7 @@ class Registry(Connection):
         self, url: str | None = None, *, upgrade: bool = True, force: bool = False, cache_bytes: int = 4 << 30,
     ) -> None:
         super().__init__(url, upgrade=upgrade, force=force)
-        self._pairs = PairTester(self, WeightsCache(cache_bytes))
+        self._pairs = PairTester(self, WeightsCache(cache_bytes, home=self.home))
 
     def __enter__(self) -> "Registry":
         return self

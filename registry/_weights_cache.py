@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .errors import UnreadableWeightsError
 from .settings import forward_max_params
 
 __all__ = ["WeightsCache", "LoadedModel"]
@@ -20,7 +21,7 @@ _N_SEQ, _SEQ_LEN = 8, 64
 
 @dataclass
 class _Loaded:
-    weights: dict
+    weights: Any  # a dict of tensors, or an indexer.streaming.StreamingWeightMap
     activations: dict | None
     notes: tuple[str, ...]
 
@@ -32,62 +33,75 @@ LoadedModel = _Loaded
 class WeightsCache:
     """Weights (and activations) of models by ``(source, digest)``, at most ``cache_bytes`` of them."""
 
-    def __init__(self, cache_bytes: int = 4 << 30) -> None:
+    def __init__(self, cache_bytes: int = 4 << 30, *, home: Path | None = None) -> None:
         self._cache: OrderedDict[tuple[str, str | None], _Loaded] = OrderedDict()
         self._cache_bytes = cache_bytes
+        self._home = home  # activations are cached on disk under it (none: kept in memory)
 
     def load(self, source: str, digest: str | None = None, *, activations: bool = True) -> LoadedModel:
         """Weights (and, unless ``activations=False``, activations) of the model at ``source``."""
         return self._load(source, digest, activations=activations)
 
     def _load(self, source: str, digest: str | None = None, *, activations: bool = True) -> _Loaded:
-        """Weights (and activations) of the model at ``source``, cached by path and content digest."""
+        """Weights (and activations) of the model at ``source``, cached by path and content digest.
+
+        Weights stream from the memory-mapped files (a small model is read
+        whole); activations are computed block by block on first use and
+        cached on disk per content digest (``registry/_loading.py``).
+        """
         key = (source, digest)
         cached = self._cache.get(key)
         if cached is not None and (cached.activations is not None or cached.notes or not activations):
             self._cache.move_to_end(key)
             return cached
-        from ..indexer.weights import load_weight_map
+        from ..indexer.streaming import StreamingWeightMap
+        from ._loading import (
+            LazyActivations, activation_cache_dir, check_block_budget, in_memory_limit, loaded_nbytes,
+        )
+        from .settings import max_memory
 
-        weights = load_weight_map(source)
+        streamed = StreamingWeightMap(source)
+        check_block_budget(streamed, f"'{source}'")
+        weights = streamed.to_dict() if streamed.float32_bytes <= in_memory_limit() else streamed
         acts, notes = None, ()
-        n_params = sum(t.numel() for t in weights.values())
+        n_params = streamed.n_params
         if activations and n_params > forward_max_params():
             notes = (
                 f"weights-only tests: {n_params:,} identity parameters exceed MOTHERTREE_FORWARD_MAX_PARAMS "
                 f"({forward_max_params():,}), no forward pass",
             )
         elif activations:
-            try:
-                from ..indexer.forward import load_forward_model, seeded_inputs
-                from ..indexer.activations import collect_mlp_activations
+            config = streamed.source.config or {}
+            vocab = config.get("vocab_size")
+            max_pos = config.get("max_position_embeddings") or config.get("n_positions")
+            if not config:
+                notes = ("weights-only tests: cannot build a forward pass: no config.json in the folder",)
+            elif streamed.family == "unknown" or not isinstance(vocab, int) or vocab < 1:
+                notes = (f"weights-only tests: cannot build a forward pass for model_type "
+                         f"{config.get('model_type')!r}",)
+            else:
+                from ..indexer.forward import build_block_runner, runner_device, seeded_inputs
+                from .settings import get as setting
 
-                fm = load_forward_model(source)
-                cfg = fm.model.config
-                max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
                 seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
-                ids = seeded_inputs(fm.vocab_size, _N_SEQ, seq_len, seed=0)
+                ids = seeded_inputs(vocab, _N_SEQ, seq_len, seed=0)
+                cache_dir = activation_cache_dir(self._home, digest, vocab, _N_SEQ, seq_len) \
+                    if self._home is not None else None
+                device = runner_device(setting("MOTHERTREE_DEVICE") or "auto")
                 acts = {
-                    "vocab": fm.vocab_size,
+                    "vocab": vocab,
                     "seq_len": seq_len,
-                    "blocks": collect_mlp_activations(fm.model, fm.mlp_modules, ids),
+                    # the runner (and transformers) is built only when a test needs an uncached block
+                    "blocks": LazyActivations(lambda: build_block_runner(source, weights=streamed, device=device),
+                                              ids, cache_dir, blocks=streamed.blocks),
                 }
-                del fm
-            except UnreadableWeightsError as exc:
-                notes = (f"weights-only tests: {exc.problem}",)
-            except (RuntimeError, IndexError, ValueError) as exc:
-                notes = (f"weights-only tests: the forward pass failed ({type(exc).__name__}: {exc})",)
         loaded = _Loaded(weights, acts, notes)
         self._cache[key] = loaded
-        # Keep at most ``cache_bytes`` of weights and activations, and always
-        # the two models of the pair at hand.
-        while len(self._cache) > 2 and sum(_nbytes(x) for x in self._cache.values()) > self._cache_bytes:
+        # Keep at most ``cache_bytes`` (and the memory budget) of weights and
+        # activations, and always the two models of the pair at hand.
+        limit = min(self._cache_bytes, max_memory() // 2)
+        while len(self._cache) > 2 and sum(loaded_nbytes(x.weights, x.activations) for x in self._cache.values()) > limit:
             self._cache.popitem(last=False)
         return loaded
 
 
-def _nbytes(loaded: _Loaded) -> int:
-    n = sum(t.numel() * t.element_size() for t in loaded.weights.values())
-    for acts in ((loaded.activations or {}).get("blocks") or {}).values():
-        n += sum(t.numel() * t.element_size() for t in (acts.a, acts.b))
-    return n

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyQueryError",
     "NoComparableTensorsError",
     "HubError",
+    "MemoryBudgetError",
     "InvalidNameError",
 ]
 
@@ -81,6 +82,16 @@ class HubError(MothertreeError, ConnectionError):
         super().__init__(f"Hub repo '{repo_id}': {problem}")
 
 
+class MemoryBudgetError(MothertreeError, MemoryError):
+    """Work that cannot be done within ``MOTHERTREE_MAX_MEMORY``: refused before it runs, never an OOM kill."""
+
+    def __init__(self, what: str, needed_bytes: int, budget_bytes: int) -> None:
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
+        super().__init__(
+            f"{what} needs about {needed_bytes / 2**30:.2f} GiB but MOTHERTREE_MAX_MEMORY is "
+            f"{budget_bytes / 2**30:.2f} GiB. Raise it (e.g. MOTHERTREE_MAX_MEMORY=16G) or use a larger machine"
+        )
 class InvalidNameError(MothertreeError, ValueError):
     """A registry name that is refused: control characters, too long, a path escape."""
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "forward_max_params", "debug"]
+__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "forward_max_params", "max_memory", "debug"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,13 @@ SETTINGS: tuple[Setting, ...] = (
         "2000000000",
         "Largest model (in parameters) that resolve and test run forward passes on for phi_MATCH; "
         "bigger models get the weights-only tests, with a notice.",
+    ),
+    Setting(
+        "MOTHERTREE_MAX_MEMORY",
+        None,
+        "Memory budget of one process (bytes, or with a K/M/G/T suffix, e.g. 6G): bounds the weight and "
+        "activation caches; work that cannot fit gets a clear error instead of an OOM kill. "
+        "Default: half of the machine's RAM.",
     ),
     Setting(
         "MOTHERTREE_WEBHOOK_SECRET",
@@ -89,6 +96,29 @@ def forward_max_params() -> int:
         return int(float(value))
     except ValueError:
         raise ValueError(f"MOTHERTREE_FORWARD_MAX_PARAMS: expected a number of parameters, got {value!r}") from None
+
+
+def _total_ram() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def max_memory() -> int:
+    """``MOTHERTREE_MAX_MEMORY`` in bytes (default: half the RAM)."""
+    value = get("MOTHERTREE_MAX_MEMORY")
+    if value is None:
+        return _total_ram() // 2
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    try:
+        n = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ValueError(f"MOTHERTREE_MAX_MEMORY: expected a size such as 6G or 6442450944, got {value!r}")
+    return n
 
 
 def debug() -> bool:

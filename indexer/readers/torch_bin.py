@@ -27,7 +27,7 @@ _DTYPE_CODES = {
 }
 
 
-def _load(path: Path) -> dict[str, "torch.Tensor"]:
+def load_state(path: Path) -> dict[str, "torch.Tensor"]:
     import torch
 
     import zipfile
@@ -59,7 +59,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     """Names, dtypes and shapes. A pickle has no separate header, so this maps the storages."""
     path = Path(path)
     out = {}
-    for name, t in _load(path).items():
+    for name, t in load_state(path).items():
         code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
         if code is None:
             raise UnreadableWeightsError(path, f"unsupported dtype {t.dtype}", tensor=name)
@@ -70,6 +70,6 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 def iter_tensors(
     path: str | os.PathLike, names: Iterable[str] | None = None
 ) -> Iterator[tuple[str, "torch.Tensor"]]:
-    state = _load(Path(path))
+    state = load_state(Path(path))
     for name in names if names is not None else list(state):
         yield name, state[name]
