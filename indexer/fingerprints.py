@@ -93,6 +93,9 @@ SEED = 0x6D7472
 CHUNK = 4096
 #: Largest slice of a matrix converted to float32 at once.
 _CHUNK_ELEMENTS = 1 << 24
+#: Largest matrix side that gets a sketch: its projection costs ``32 * 4`` bytes
+#: per index (256 MiB at this limit), far above any real vocabulary or width.
+MAX_SKETCH_DIM = 1 << 21
 
 KINDS: tuple[str, ...] = ("aligned", "invariant")
 LEVELS: tuple[str, ...] = ("model", "layer")
@@ -219,6 +222,8 @@ class _Projections:
         """Rows ``(ROWS, n)`` for axis ``"left"``, ``(n, COLS)`` for ``"right"``."""
         import torch
 
+        if not 0 <= n <= MAX_SKETCH_DIM:
+            raise ValueError(f"projection size: expected 0..{MAX_SKETCH_DIM} indices, got {n}")
         have = self._cache.get(axis)
         have_n = 0 if have is None else (have.shape[1] if axis == "left" else have.shape[0])
         if have_n < n:
@@ -417,6 +422,11 @@ class Fingerprinter:
             return
         if role not in IDENTITY_ROLES and role != "other":
             self._skipped[role] += 1
+            return
+        if tensor.numel() == 0 or max(tensor.shape) > MAX_SKETCH_DIM:
+            # An empty matrix carries nothing; a side beyond MAX_SKETCH_DIM is no
+            # real weight, and its projection alone would not fit in memory.
+            self._skipped["empty" if tensor.numel() == 0 else "oversize"] += 1
             return
         shape = (int(tensor.shape[0]), int(tensor.shape[1]))
         vec = aligned_sketch(tensor, device=self.device, projections=self._proj)
