@@ -399,6 +399,7 @@ class Registry:
             bytes_to_read=sum(int(b) for _, b in missing),
             device=device,
             _execute=self._execute_reindex,
+            drift=self.vectors.drift(),
         )
 
     def reindex(self, *, device: str = "auto") -> ReindexReport:
@@ -425,7 +426,7 @@ class Registry:
                 s.add_all(fingerprint_rows(model_id, fingerprinter.finish()))
             done.append(name)
         indexes = self.vectors.rebuild()
-        return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems))
+        return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems), repaired=plan.drift)
 
     # -- lineage ---------------------------------------------------------
     @property
