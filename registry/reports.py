@@ -408,7 +408,9 @@ def _execute_sqlite(reg, sql, params, *, limit, timeout_ms):
         if action == sqlite3.SQLITE_SELECT or action == sqlite3.SQLITE_RECURSIVE:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_READ:
-            if db_name == "main" and arg1 in tables:
+            # db_name is None for CTE names (and for some reads of main tables, e.g. count(*))
+            if (db_name == "main" and arg1 in tables) or (db_name is None and arg1 not in ("sqlite_temp_master",
+                                                                                         "sqlite_temp_schema")):
                 return sqlite3.SQLITE_OK
             refused.append(f"reading {arg1!r}")
             return sqlite3.SQLITE_DENY
