@@ -269,7 +269,8 @@ def _finish(
     s = s + grand * a1[:, None] * b1[None, :]
     v = s.reshape(-1).double().cpu().numpy()
     norm = np.linalg.norm(v)
-    return (v / norm if norm > 0 else v).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        return (v / norm if norm > 0 else v).astype(np.float32)
 
 
 def aligned_sketch(
@@ -430,6 +431,9 @@ class Fingerprinter:
             return
         shape = (int(tensor.shape[0]), int(tensor.shape[1]))
         vec = aligned_sketch(tensor, device=self.device, projections=self._proj)
+        if not np.isfinite(vec).all():  # NaN or infinity in the weights: no usable sketch
+            self._skipped["non-finite"] += 1
+            return
         self._layers.append(LayerFingerprint("aligned", role, block, shape, vec))
         if role in _RESIDUAL_ROLES:
             self._layers.append(LayerFingerprint("invariant", role, block, shape, vec))
@@ -453,6 +457,9 @@ class Fingerprinter:
                 continue
             left, right = pair
             vec = product_sketch(left, right, device=self.device, projections=self._proj)
+            if not np.isfinite(vec).all():
+                self._notes.append(f"block {block}: {name} skipped, its product is not finite")
+                continue
             shape = (int(left.shape[0]), int(right.shape[1]))
             self._layers.append(LayerFingerprint("invariant", name, block, shape, vec))
         # Release a held input once every product it enters is done (mlp.down enters two).
