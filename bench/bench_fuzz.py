@@ -70,6 +70,12 @@ class _Raw(str):
     """A value already encoded as JSON text."""
 
 
+def _begin(entry: dict) -> int:
+    """The entry's begin offset, whatever earlier mutations did to it (0 when unusable)."""
+    off = entry.get("data_offsets")
+    return off[0] if isinstance(off, list) and off and isinstance(off[0], int) else 0
+
+
 def make_case(rnd: random.Random) -> bytes:
     """One mutated safetensors file's bytes."""
     entries = []
@@ -90,7 +96,8 @@ def make_case(rnd: random.Random) -> bytes:
         elif kind == 1:
             e[1]["shape"] = rnd.choice(_SHAPES)
         elif kind == 2:
-            b, en = e[1]["data_offsets"]
+            off = e[1].get("data_offsets")
+            b, en = off if isinstance(off, list) and len(off) == 2 else (0, 4)
             e[1]["data_offsets"] = rnd.choice([[en, b], [-1, en], [b, en + rnd.randint(1, 64)], [b, 1 << 62], [b],
                                                [b, en, 1], [str(b), en], [float(b), en], None, [b + 1, en + 1]])
         elif kind == 3:
@@ -114,19 +121,20 @@ def make_case(rnd: random.Random) -> bytes:
         elif kind == 11:  # a scalar where a matrix belongs
             e[1]["shape"] = []
             e[1]["dtype"] = "F32"
-            b = e[1]["data_offsets"][0]
+            b = _begin(e[1])
             e[1]["data_offsets"] = [b, b + 4]
         elif kind == 12:  # zero-size tensor with a consistent empty span
             e[1]["shape"] = rnd.choice([[0, 8], [1 << 40, 0], [0], [0, 1 << 20], [(1 << 31) - 1, 0]])
-            b = e[1]["data_offsets"][0]
+            b = _begin(e[1])
             e[1]["data_offsets"] = [b, b]
         elif kind == 13:
             raw_flip = True
         elif kind == 14:
             e[1]["extra"] = rnd.choice([1, "x", [1, 2], {"k": "v"}])
         else:  # scale a shape, keep the offsets: a lying size
-            e[1]["shape"] = [d * rnd.choice([2, 3, 1000]) for d in e[1]["shape"]] if isinstance(e[1]["shape"], list) \
-                and all(isinstance(d, int) for d in e[1]["shape"]) else e[1]["shape"]
+            shape = e[1].get("shape")
+            if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+                e[1]["shape"] = [d * rnd.choice([2, 3, 1000]) for d in shape]
     pairs = [("__metadata__", meta)] + [(n, v) for n, v in entries]
     rnd.shuffle(pairs)
     header = _encode(pairs)
