@@ -106,7 +106,7 @@ def make_case(rnd: random.Random) -> bytes:
             other = rnd.choice(entries)
             e[0] = other[0]  # duplicate name
         elif kind == 5:
-            e[1].pop(rnd.choice(["dtype", "shape", "data_offsets"]))
+            e[1].pop(rnd.choice(["dtype", "shape", "data_offsets"]), None)
         elif kind == 6:
             depth = rnd.choice([50, 2000, 100_000])
             meta = _Raw("[" * depth + "]" * depth)
