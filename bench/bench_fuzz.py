@@ -97,7 +97,7 @@ def make_case(rnd: random.Random) -> bytes:
             e[1]["shape"] = rnd.choice(_SHAPES)
         elif kind == 2:
             off = e[1].get("data_offsets")
-            b, en = off if isinstance(off, list) and len(off) == 2 else (0, 4)
+            b, en = off if isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off) else (0, 4)
             e[1]["data_offsets"] = rnd.choice([[en, b], [-1, en], [b, en + rnd.randint(1, 64)], [b, 1 << 62], [b],
                                                [b, en, 1], [str(b), en], [float(b), en], None, [b + 1, en + 1]])
         elif kind == 3:
