@@ -211,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.index_kills):
             url = args.db or f"sqlite:///{tmp}/index-{i}.db"
             out["index"].append(kill_index_trial(url, models, rnd))
+            print(json.dumps({"index": i, **out["index"][-1]}), file=sys.stderr, flush=True)
         url = args.db or f"sqlite:///{tmp}/resolve.db"
         _run(_INDEX, url, *(str(p) for p in models.values()))
-        for _ in range(args.resolve_kills):
+        for i in range(args.resolve_kills):
             out["resolve"].append(kill_resolve_trial(url, rnd))
+            print(json.dumps({"resolve": i, **out["resolve"][-1]}), file=sys.stderr, flush=True)
 
     def summary(trials):
         return {
