@@ -366,6 +366,12 @@ class Registry:
             model = self._get(s, label)
             rows = list(s.scalars(select(Fingerprint).where(Fingerprint.model_id == model.id)))
             if not rows:
+                shapes = list(s.scalars(select(Tensor.shape).where(Tensor.model_id == model.id, Tensor.part != "buffer")))
+                if not any(isinstance(sh, list) and len(sh) == 2 and 0 not in sh for sh in shapes):
+                    raise RegistryError(
+                        f"Model '{label}' has no fingerprints: none of its {len(shapes)} learned tensor(s) is a "
+                        "non-empty 2-D weight matrix, so there is nothing to compare it by"
+                    )
                 raise RegistryError(
                     f"Model '{label}' has no fingerprints (indexed before they existed). "
                     "Compute them with: mothertree reindex"
