@@ -27,7 +27,8 @@ from .zoo import build_calibration_roots, build_zoo, default_zoo_dir
 def _loader():
     from ..indexer.forward import load_forward_model, seeded_inputs
     from ..indexer.weights import load_weight_map
-    from ..lineage.activations import collect_mlp_activations
+    from ..indexer.activations import collect_mlp_activations
+    from ..lineage import block_activations
 
     cache = {}
 
@@ -35,7 +36,7 @@ def _loader():
         if path not in cache:
             fm = load_forward_model(path)
             ids = seeded_inputs(fm.vocab_size, 8, 64, seed=0)
-            cache[path] = (load_weight_map(path), collect_mlp_activations(fm.model, fm.mlp_modules, ids))
+            cache[path] = (load_weight_map(path), block_activations(collect_mlp_activations(fm.model, fm.mlp_modules, ids)))
         return cache[path]
 
     return load

@@ -1,7 +1,7 @@
 """The ``mothertree`` command: a thin typer layer over :mod:`mothertree.registry`."""
 
 from ._app import app
-from . import db, demo, hub, lineage, models, reports, vectors  # noqa: F401  (register commands)
+from . import db, demo, hub, lineage, models, reports, serve, vectors, worker  # noqa: F401  (register commands)
 
 __all__ = ["app", "main"]
 

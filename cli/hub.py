@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ._app import app
 from ._options import JsonOpt
-from ._output import State, state
+from ._output import State, safe, state
 
 LiteOpt = Annotated[
     bool,
@@ -24,7 +24,8 @@ RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Tries per rep
 def _progress(st: State):
     def show(r) -> None:
         if r.status == "failed":
-            st.warn(f"{r.repo_id}: {r.error} (after {r.attempts} tries)")
+            st.stderr.print(f"[red]Error:[/red] {safe(r.repo_id)}: {safe(r.error)} (after {r.attempts} tries)",
+                            highlight=False, soft_wrap=True)
         else:
             st.info(f"{r.status:11} {r.repo_id}")
 
@@ -33,6 +34,8 @@ def _progress(st: State):
 
 def _render(report, st: State):
     def render(c: Console) -> None:
+        if report.results and all(r.status == "failed" for r in report.results):
+            return  # each failure was one "Error:" line on stderr
         t = Table("repo", "status", "sha", "tries", "bytes", "weights")
         for r in report.results:
             t.add_row(
@@ -57,11 +60,11 @@ def index_hub(
     json_: JsonOpt = False,
 ) -> None:
     """Fetch only what indexing needs from the hub and index it. In Python: index_hub(reg, repos)."""
-    from ..registry._hub import RetryPolicy
-    from ..registry._hub import index_hub as run
+    from ..registry import RetryPolicy
+    from ..registry import index_hub as run
 
     with state(ctx, json_).errors() as st:
-        report = run(st.registry(), repos, lite=lite, blocks=blocks, retry=RetryPolicy(max_attempts=retries),
+        report = run(st.registry(create=True), repos, lite=lite, blocks=blocks, retry=RetryPolicy(max_attempts=retries),
                      progress=_progress(st))
         st.emit(report.to_dict(), _render(report, st))
         if report.failed:
@@ -93,12 +96,12 @@ def crawl_hub(
 ) -> None:
     """Index what a hub query lists, skipping unchanged repos; safe to interrupt and rerun.
     In Python: crawl_hub(reg, author=..., search=...)."""
-    from ..registry._hub import RetryPolicy
-    from ..registry._hub import crawl_hub as run
+    from ..registry import RetryPolicy
+    from ..registry import crawl_hub as run
 
     with state(ctx, json_).errors() as st:
         report = run(
-            st.registry(), author=author, search=search, filter=filter_, since=_since(since), limit=limit,
+            st.registry(create=True), author=author, search=search, filter=filter_, since=_since(since), limit=limit,
             lite=lite, blocks=blocks, retry=RetryPolicy(max_attempts=retries), progress=_progress(st),
         )
         st.emit(report.to_dict(), _render(report, st))
@@ -107,8 +110,8 @@ def crawl_hub(
 @app.command("index-cache")
 def index_cache(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Index every model in the local Hugging Face cache, with no network. In Python: index_cache(reg)."""
-    from ..registry._hub import index_cache as run
+    from ..registry import index_cache as run
 
     with state(ctx, json_).errors() as st:
-        report = run(st.registry(), progress=_progress(st))
+        report = run(st.registry(create=True), progress=_progress(st))
         st.emit(report.to_dict(), _render(report, st))

@@ -2,63 +2,79 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from ._app import app
 from ._options import DeviceOpt, JsonOpt, ModelArg
-from ._output import state
+from ._output import safe, state
+from ._render import fit_table
 
 
 @app.command()
-def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
+def init(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="Add the registry's tables even to a database that holds other tables.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
     """Create the registry (or bring it to the latest schema). In Python: Registry(url)."""
     with state(ctx, json_).errors() as st:
-        reg = st.registry()
-        from ..registry._db import current_revision
-
-        payload = {"db": reg.display_url, "schema_revision": current_revision(reg.engine), "vectors": str(reg.home)}
+        reg = st.registry(create=True, force=force)
+        payload = {"db": reg.display_url, "schema_revision": reg.schema_revision(), "vectors": str(reg.home)}
         st.emit(payload, lambda c: c.print(f"Registry ready at {payload['db']} (schema {payload['schema_revision']})"))
 
 
 @app.command()
 def index(
     ctx: typer.Context,
-    paths: Annotated[List[Path], typer.Argument(help="Model folders, HF cache repos or weight files.")],
+    paths: Annotated[
+        List[str],
+        typer.Argument(
+            metavar="PATH_OR_HUB_ID...",
+            help="Model folders, folders of model folders, HF cache repos, weight files, or hub ids (org/name).",
+        ),
+    ],
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (one path only).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Report a failing path and go on.")] = False,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
-    """Index models: roles, statistics and digests in SQL. In Python: Registry.index(paths)."""
+    """Index models: roles, statistics and digests in SQL. In Python: Registry.index(paths).
+
+    Each model gets a unique name (printed); see "Names and revisions" in the README."""
+    from ..registry import hub_ids
+
     with state(ctx, json_).errors() as st:
-        reg = st.registry()
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            console=st.stderr, disable=not st.show_progress, transient=True,
-        ) as bar:
-            tasks: dict[str, int] = {}
+        hub, local = hub_ids(paths)
+        if hub:  # org/name that is not a local path: the hub route
+            from . import hub as _hub
 
-            def progress(label: str, done: int, total: int) -> None:
-                if label not in tasks:
-                    tasks[label] = bar.add_task(label, total=total)
-                bar.update(tasks[label], completed=done)
-
-            report = reg.index([str(p) for p in paths], name=name, progress=progress, keep_going=keep_going, device=device)
+            if local or name is not None:
+                raise ValueError(
+                    f"index takes local paths or hub ids, not both (got hub id {hub[0]}); "
+                    f"run: mothertree index-hub {' '.join(hub)}"
+                )
+            return _hub.index_hub(ctx, hub, json_=json_)
+        reg = st.registry(create=True)
+        with st.reporter() as rep:
+            report = reg.index(local, name=name, progress=rep.bytes, keep_going=keep_going, device=device)
         for r in report.results:
             for w in r.warnings:
                 st.warn(f"{r.name}: {w}")
 
         def render(c: Console) -> None:
             for r in report.results:
-                c.print(f"{r.status:9} {r.name} (revision {r.revision}, {r.num_tensors} tensors)")
+                what = {"indexed": "new model", "revised": f"revision {r.revision}", "unchanged": "same weights"}
+                c.print(
+                    f"{r.status:9} {safe(r.name)}  <- {safe(r.path)}  "
+                    f"({what.get(r.status, r.status)}, {r.num_tensors} tensors)"
+                )
             for p, e in report.errors:
-                st.stderr.print(f"[red]Error:[/red] {e}", highlight=False)
+                st.stderr.print(f"[red]Error:[/red] {safe(e)}", highlight=False)
 
         st.emit(report.to_dict(), render)
         if report.errors:
@@ -75,13 +91,13 @@ def models(ctx: typer.Context, json_: JsonOpt = False) -> None:
             if not rows:
                 c.print("No models indexed yet. Run: mothertree index PATH")
                 return
-            t = Table("name", "family", "architecture", "blocks", "hidden", "params", "dtype", "rev")
-            for m in rows:
-                t.add_row(
-                    m.name, m.family, m.architecture or "-", str(m.num_blocks or "-"),
-                    str(m.hidden_size or "-"), f"{m.num_parameters:,}", m.dtype or "-", str(m.revision),
-                )
-            c.print(t)
+            cols = [("name", 9), ("architecture", 6), ("blocks", 4), ("hidden", 3), ("params", 5), ("dtype", 2),
+                    ("rev", 1)]
+            c.print(fit_table(c, cols, [
+                [m.name, m.family, str(m.num_blocks or "-"), str(m.hidden_size or "-"), f"{m.num_parameters:,}",
+                 m.dtype or "-", str(m.revision)]
+                for m in rows
+            ]))
 
         st.emit({"models": [m.to_dict() for m in rows]}, render)
 
@@ -94,18 +110,19 @@ def show(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
 
         def render(c: Console) -> None:
             m = detail.model
-            c.print(f"[bold]{m.name}[/bold]  {m.architecture or m.family}  revision {m.revision}")
-            c.print(f"source {m.source}  format {m.file_format}  digest {detail.content_digest[:16]}")
+            c.print(f"[bold]{safe(m.name)}[/bold]  {safe(m.architecture or m.family)}  revision {m.revision}")
+            c.print(f"source {safe(m.source)}")
+            c.print(f"format {m.file_format}  digest {detail.content_digest[:16]}")
             c.print(f"blocks {m.num_blocks}  hidden {m.hidden_size}  mlp {m.mlp_width}  vocab {m.vocab_size}")
             if m.declared_base_models:
-                c.print(f"declared base: {', '.join(m.declared_base_models)}")
-            t = Table("name", "role", "block", "shape", "dtype", "std", "kurtosis", "distinct")
-            for x in detail.tensors:
-                t.add_row(
-                    x.name, x.role, "" if x.block is None else str(x.block), "x".join(map(str, x.shape)),
-                    x.dtype, _f(x.std), _f(x.kurtosis), str(x.distinct_values),
-                )
-            c.print(t)
+                c.print(f"declared base: {safe(', '.join(m.declared_base_models))}")
+            cols = [("tensor", 9), ("role", 8), ("block", 6), ("shape", 7), ("dtype", 5), ("std", 4),
+                    ("kurtosis", 3), ("distinct", 2)]
+            c.print(fit_table(c, cols, [
+                [x.name, x.role, "" if x.block is None else str(x.block), "x".join(map(str, x.shape)),
+                 x.dtype, _f(x.std), _f(x.kurtosis), str(x.distinct_values)]
+                for x in detail.tensors
+            ]))
 
         st.emit(detail.to_dict(), render)
 
@@ -115,7 +132,7 @@ def remove(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
     """Remove a model with all its rows and vectors. In Python: Registry.remove(name)."""
     with state(ctx, json_).errors() as st:
         st.registry().remove(model)
-        st.emit({"removed": model}, lambda c: c.print(f"removed {model}"))
+        st.emit({"removed": model}, lambda c: c.print(f"removed {safe(model)}"))
 
 
 def _f(x: float | None) -> str:

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ._app import app
 from ._options import JsonOpt
-from ._output import state
+from ._output import safe, state
+from ._render import number
 
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV with a header row on stdout.")]
 ParamOpt = Annotated[
@@ -31,9 +32,12 @@ def _params(pairs: Optional[List[str]]) -> dict[str, str]:
     return out
 
 
-def _cell(v) -> str:
+def _cell(v, *, display: bool = False) -> str:
+    """A value as text; ``display`` rounds floats to 4 significant digits (CSV keeps them exact)."""
     if v is None:
         return ""
+    if display and isinstance(v, float):
+        return number(v)
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
@@ -45,9 +49,9 @@ def _print(st, result, as_csv: bool) -> None:
         return
 
     def render(c: Console) -> None:
-        t = Table(*result.columns)
+        t = Table(*(safe(col) for col in result.columns))
         for row in result.rows:
-            t.add_row(*(_cell(v) for v in row))
+            t.add_row(*(safe(_cell(v, display=True)) for v in row))
         c.print(t)
         if result.truncated:
             st.warn("more rows than --max-rows; output truncated")
@@ -61,15 +65,18 @@ def report(
     name: Annotated[Optional[str], typer.Argument(help="Report name; omit to list the reports.")] = None,
     param: ParamOpt = None,
     csv_: CsvOpt = False,
-    datasette: Annotated[bool, typer.Option("--datasette", help="Print Datasette metadata with every report.")] = False,
+    datasette: Annotated[
+        bool,
+        typer.Option("--datasette", help="Print Datasette metadata with every report, for the database --db names."),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a named read-only report. In Python: reports.run_report(reg, name, params)."""
+    """Run a named read-only report. In Python: reg.report(name, params)."""
     from ..registry import reports
 
     with state(ctx, json_).errors() as st:
         if datasette:
-            sys.stdout.write(json.dumps(reports.datasette_metadata(), indent=2) + "\n")
+            sys.stdout.write(json.dumps(reports.datasette_metadata(reports.datasette_database_name(st.db)), indent=2) + "\n")
             return
         if name is None:
             def render(c: Console) -> None:
@@ -80,7 +87,8 @@ def report(
 
             st.emit({"reports": [r.to_dict() for r in reports.REPORTS]}, render)
             return
-        _print(st, reports.run_report(st.registry(), name, _params(param)), csv_)
+        reports.get_report(name)  # an unknown name is reported before the database is opened
+        _print(st, st.registry().report(name, _params(param)), csv_)
 
 
 @app.command("sql")
@@ -92,8 +100,6 @@ def sql(
     csv_: CsvOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run ad-hoc read-only SQL; writes are refused. In Python: reports.run_sql(reg, query)."""
-    from ..registry import reports
-
+    """Run ad-hoc read-only SQL; writes are refused. In Python: reg.query(sql)."""
     with state(ctx, json_).errors() as st:
-        _print(st, reports.run_sql(st.registry(), query, _params(param), max_rows=max_rows), csv_)
+        _print(st, st.registry().query(query, _params(param), max_rows=max_rows), csv_)

@@ -6,44 +6,44 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ._app import app
 from ._options import DeviceOpt, JsonOpt
-from ._output import state
+from ._output import safe, state
+from ._render import fit_table
 
 
 @app.command()
 def candidates(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name, or a path fingerprinted on the fly.")],
-    k: Annotated[int, typer.Option("-k", help="Number of candidates.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of candidates.")] = 10,
     add: Annotated[bool, typer.Option("--add", help="Index a path before querying.")] = False,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Candidate relatives ranked by fingerprint similarity, with layer matches. In Python: Registry.candidates(x)."""
     with state(ctx, json_).errors() as st:
-        result = st.registry().candidates(model, k=k, add=add, device=device)
+        result = st.registry(create=add).candidates(model, k=k, add=add, device=device)
         for n in result.notices:
             st.warn(n)
 
         def render(c: Console) -> None:
             if not result.candidates:
-                c.print(f"{result.model}: no candidate above similarity {result.threshold:.2f}")
+                c.print(f"{safe(result.model)}: no candidate above similarity {result.threshold:.2f}")
                 return
-            t = Table("candidate", "score", "aligned", "invariant", f">= {result.threshold:.2f}", "closest layers")
+            cols = [("candidate", 9), ("score", 8), ("aligned", 3), ("invariant", 4),
+                    (f">= {result.threshold:.2f}", 6), ("closest layers", 2)]
+            rows = []
             for cand in result.candidates:
                 layers = ", ".join(
                     (x.role if x.block is None else f"{x.role} {x.block}->{x.other_block}") + f" ({x.score:.2f})"
                     for x in cand.layers[:3]
                 )
-                t.add_row(
-                    cand.name, f"{cand.score:.3f}", _f(cand.aligned_score), _f(cand.invariant_score),
-                    "yes" if cand.above_threshold else "no", layers,
-                )
-            c.print(f"Candidates for {result.model}:")
-            c.print(t)
+                rows.append([cand.name, f"{cand.score:.3f}", _f(cand.aligned_score), _f(cand.invariant_score),
+                             "yes" if cand.above_threshold else "no", layers])
+            c.print(f"Candidates for {safe(result.model)}:")
+            c.print(fit_table(c, cols, rows))
 
         st.emit(result.to_dict(), render)
 

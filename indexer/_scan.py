@@ -75,23 +75,12 @@ def _declared_bases(root: Path, warnings: list[str]) -> tuple[str, ...]:
     A malformed card is metadata noise, never an indexing failure: it adds a
     warning and declares nothing.
     """
-    readme = root / "README.md"
-    if not readme.is_file():
-        return ()
-    from huggingface_hub import ModelCard
+    from .model_card import read_model_card
 
-    try:
-        data = ModelCard.load(readme).data.to_dict()
-    except Exception as exc:  # YAML, encoding and validation errors all mean "no usable card"
-        first = (str(exc).strip().splitlines() or [""])[0]
-        warnings.append(f"model card {readme} unreadable, declared base ignored ({type(exc).__name__}: {first})")
-        return ()
-    base = data.get("base_model")
-    if isinstance(base, str):
-        return (base,)
-    if isinstance(base, list):
-        return tuple(str(b) for b in base)
-    return ()
+    card = read_model_card(root)
+    if card.problem:
+        warnings.append(card.problem)
+    return card.base_models
 
 
 def _first(cfg: dict[str, Any], *keys: str) -> int | None:

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from ..vocabulary import PRODUCTS
 from .roles import IDENTITY_ROLES
 
 if TYPE_CHECKING:
@@ -71,7 +72,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DIM",
     "KINDS",
-    "LEVELS",
     "PRODUCTS",
     "LayerFingerprint",
     "ModelFingerprint",
@@ -98,17 +98,7 @@ _CHUNK_ELEMENTS = 1 << 24
 MAX_SKETCH_DIM = 1 << 21
 
 KINDS: tuple[str, ...] = ("aligned", "invariant")
-LEVELS: tuple[str, ...] = ("model", "layer")
 
-#: Invariant products: name -> (left role, right role). The product is ``left · right``
-#: (``attn.q`` enters transposed), always ``[d, d]`` in the residual basis.
-PRODUCTS: Mapping[str, tuple[str, str]] = {
-    "mlp.down_up": ("mlp.down", "mlp.up"),
-    "mlp.down_gate": ("mlp.down", "mlp.gate"),
-    "mlp.out_in": ("mlp.out", "mlp.in"),
-    "attn.qk": ("attn.q", "attn.k"),
-    "attn.ov": ("attn.o", "attn.v"),
-}
 _PRODUCT_INPUTS = frozenset(r for pair in PRODUCTS.values() for r in pair)
 _RESIDUAL_ROLES = ("embed.tokens", "embed.positions")
 

@@ -196,23 +196,17 @@ def weight_files(repo_id: str, files: tuple[str, ...]) -> tuple[str, ...]:
 
 def declared_from_card(folder: Path) -> tuple[tuple[str, ...], str | None]:
     """``base_model`` and ``base_model_relation`` from a local README's YAML header."""
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return (), None
-    from huggingface_hub import ModelCard
+    from .model_card import read_model_card
 
-    try:
-        data = ModelCard.load(readme).data.to_dict()
-    except Exception:  # a malformed card is metadata noise, never an indexing failure
-        return (), None
-    return _declared(data)
+    card = read_model_card(folder)
+    return card.base_models, card.relation
 
 
 def _declared(card: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
-    base = card.get("base_model")
-    bases = (base,) if isinstance(base, str) else tuple(str(b) for b in base) if isinstance(base, list) else ()
-    relation = card.get("base_model_relation")
-    return bases, relation if isinstance(relation, str) else None
+    from .model_card import declared_in
+
+    info = declared_in(card)
+    return info.base_models, info.relation
 
 
 def lite_tensor_names(

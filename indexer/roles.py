@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from ..vocabulary import FUSED_ROLES, IDENTITY_ROLES, ROLES
+
 if TYPE_CHECKING:
     import torch
 
@@ -29,56 +31,9 @@ __all__ = [
     "assign_role",
     "detect_family",
     "canonical_parts",
-    "mlp_kind",
 ]
 
-#: Every canonical role. ``attn.qkv`` and ``mlp.gate_up`` only ever describe a
-#: stored (fused) parameter; :func:`canonical_parts` splits them.
-ROLES: tuple[str, ...] = (
-    "embed.tokens",
-    "embed.positions",
-    "embed.token_type",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.qkv",
-    "attn.o",
-    "mlp.gate",
-    "mlp.up",
-    "mlp.gate_up",
-    "mlp.down",
-    "mlp.in",
-    "mlp.out",
-    "norm.embed",
-    "norm.attn",
-    "norm.mlp",
-    "norm.qk",
-    "norm.final",
-    "head.lm",
-    "other",
-)
-
-#: Roles whose weights carry a model's identity (fingerprinted and tested).
-IDENTITY_ROLES: frozenset[str] = frozenset(
-    {
-        "embed.tokens",
-        "embed.positions",
-        "attn.q",
-        "attn.k",
-        "attn.v",
-        "attn.o",
-        "mlp.gate",
-        "mlp.up",
-        "mlp.down",
-        "mlp.in",
-        "mlp.out",
-    }
-)
-
-FUSED_ROLES: Mapping[str, tuple[str, ...]] = {
-    "attn.qkv": ("attn.q", "attn.k", "attn.v"),
-    "mlp.gate_up": ("mlp.gate", "mlp.up"),
-}
+# ROLES, IDENTITY_ROLES and FUSED_ROLES are spelled once, in mothertree.vocabulary.
 
 #: Families with a role table, keyed by the ``model_type`` values that use it.
 _FAMILY_OF_MODEL_TYPE = {
@@ -256,16 +211,6 @@ def assign_role(name: str, family: str) -> RoleAssignment:
 def _block_of(name: str) -> int | None:
     m = re.search(_B, name)
     return int(m.group(1)) if m else None
-
-
-def mlp_kind(roles: Iterable[str]) -> str:
-    """``"glu"`` when the model has gated MLPs, ``"plain"`` when it has in/out MLPs, else ``"none"``."""
-    roles = set(roles)
-    if roles & {"mlp.gate", "mlp.gate_up"}:
-        return "glu"
-    if "mlp.in" in roles:
-        return "plain"
-    return "none"
 
 
 def canonical_parts(

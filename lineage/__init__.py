@@ -21,7 +21,7 @@ from .independence import (
 )
 from .multiple import benjamini_hochberg, holm
 from .relations import RELATIONS, MergeFit, RelationEvidence, classify_relation, merge_fit
-from .robust import BlockActivations, Localization, localize, monotone_block_map
+from .robust import BlockActivations, Localization, block_activations, localize, monotone_block_map
 from .tree import FamilyTree, PairEvidence, TreeEdge, recover_family
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "classify_relation",
     "merge_fit",
     "BlockActivations",
+    "block_activations",
     "Localization",
     "localize",
     "monotone_block_map",

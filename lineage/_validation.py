@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..serialize import json_float  # the one NaN/inf rule, re-exported for lineage
+
 __all__ = [
     "check_matrix",
     "check_same_shape",
@@ -162,11 +164,6 @@ def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], to
     return out
 
 
-def json_float(value: float) -> float | None:
-    """Return ``value`` as a JSON-safe float: NaN and infinities become ``None``."""
-    return None if math.isnan(value) or math.isinf(value) else float(value)
-
-
 # ---------------------------------------------------------------- degenerate weights
 
 #: Fewer distinct values than this (in an evenly strided sample) is a tied-value
@@ -289,3 +286,16 @@ def drop_degenerate(
             notes.append(f"{label}: {len(found)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
     kept = tuple({k: v for k, v in m.items() if k not in bad} for m in maps)
     return kept, tuple(notes)
+
+
+
+
+def rejects(p_value_log10: float, alpha: float) -> bool:
+    """The one decision rule of a test: reject the null (``dependent``) when ``log10 p < log10 alpha``.
+
+    Examples
+    --------
+    >>> rejects(-3.0, 0.01), rejects(-2.0, 0.01)
+    (True, False)
+    """
+    return bool(p_value_log10 < math.log10(alpha))

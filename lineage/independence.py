@@ -45,9 +45,10 @@ from ._validation import (
     check_weight_map,
     drop_degenerate,
     json_float,
+    rejects,
 )
 from .matching import aligned_cosine_test, bonferroni_combine, cauchy_combine, fisher_combine, unit_matching_test
-from .robust import BlockActivations, match_consistency_test, monotone_block_map
+from .robust import BlockActivations, grid_block_map, match_consistency_test
 
 __all__ = [
     "WeightMap",
@@ -249,7 +250,7 @@ def _result(components: list[ComponentResult], method: str, alpha: float, *, blo
         stat = components[int(np.argmin(lps))].statistic
     return IndependenceResult(
         statistic=stat, p_value=10.0**lp, p_value_log10=lp, method=method,
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL,
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL,
         blocks=tuple(blocks), block_map=tuple(block_map), tests=tuple(components), notes=tuple(notes),
     )
 
@@ -410,8 +411,7 @@ def exact_test(
         combined = [t for t in tests if t.name in ("phi_u", "aligned")]
     else:
         grid = {(i, j): _phi_u_block(ua[i], ub[j], i, j, max_units, gen) for i in ua for j in ub}
-        matrix = np.array([[grid[i, j].p_value_log10 for j in ub] for i in ua])
-        block_map = tuple((list(ua)[i], list(ub)[j]) for i, j in monotone_block_map(matrix))
+        matrix, block_map = grid_block_map(grid, ua, ub)
         blocks = [grid[pair] for pair in block_map]
         tests.append(_component("phi_u", float(max(r.statistic for r in grid.values())),
                                 bonferroni_combine(matrix.ravel()),
@@ -428,7 +428,7 @@ def exact_test(
     decider = min(combined, key=lambda t: t.p_value_log10)
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="exact",
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=tuple(blocks),
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=tuple(blocks),
         block_map=block_map, tests=tuple(tests), notes=tuple(notes),
     )
 
@@ -496,8 +496,7 @@ def match_test(
                                       f"block {r.block_a}: matchings of the two views unrelated") for r in blocks]
     else:
         grid = {(i, j): block(i, j) for i in ba for j in bb}
-        matrix = np.array([[grid[i, j].p_value_log10 for j in bb] for i in ba])
-        block_map = tuple((ba[i], bb[j]) for i, j in monotone_block_map(matrix))
+        matrix, block_map = grid_block_map(grid, ba, bb)
         blocks = [grid[pair] for pair in block_map]
         lp = bonferroni_combine(matrix.ravel())
         components = [ComponentResult("phi_match", float(max(r.statistic for r in grid.values())), 10.0**lp, lp,
@@ -702,7 +701,7 @@ def _shape_test(a: WeightMap, b: WeightMap, *, alpha: float, max_units: int | No
     decider = min(comps, key=lambda c: c.p_value_log10)
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="shape",
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, tests=tuple(comps),
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, tests=tuple(comps),
         notes=(f"exact test not applicable: {obstacle}" if obstacle else "exact test not applicable",
                f"weights-only: {len(comps)} tensor(s) paired by name and shape, rows assumed exchangeable "
                "(approximate p-value), Bonferroni-combined"),
@@ -814,7 +813,7 @@ def independence_test(
     lp = cauchy_combine([exact.p_value_log10, match.p_value_log10])
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method=decider.method,
-        dependent=bool(lp < math.log10(alpha)), alpha=alpha, null=_NULL, blocks=decider.blocks,
+        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=decider.blocks,
         block_map=decider.block_map, tests=exact.tests + match.tests,
         notes=decider.notes + (
             f"exact and match both run (log10 p {exact.p_value_log10:.4g} and {match.p_value_log10:.4g}); "

@@ -46,6 +46,7 @@ __all__ = [
     "AlignedResult",
     "cosine_similarity_matrix",
     "match_units",
+    "sample_rows",
     "spearman_identity_log10_p",
     "unit_matching_test",
     "aligned_cosine_test",
@@ -325,7 +326,7 @@ class MatchingResult:
         }
 
 
-def _sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.ndarray:
     """Sorted random subset of ``min(h, max_units)`` row indices (all rows when no cap)."""
     if max_units is None or max_units >= h:
         return np.arange(h)
@@ -391,7 +392,7 @@ def unit_matching_test(
     rows_m, cols_m = (b, a) if swapped else (a, b)
     if rows_m.shape[0] < 3:
         raise ValueError(f"a and b: expected at least 3 rows each, got {a.shape[0]} and {b.shape[0]}")
-    rows = _sample_rows(rows_m.shape[0], max_units, gen)
+    rows = sample_rows(rows_m.shape[0], max_units, gen)
     sim = cosine_similarity_matrix(rows_m[torch.from_numpy(rows)], cols_m, absolute=absolute, center=center)
     match = match_units(sim)
     r, lp = spearman_identity_log10_p(rows, match)
@@ -485,7 +486,7 @@ def aligned_cosine_test(a: Any, b: Any, *, max_units: int | None = None, rng: An
     gen = check_rng(rng)
     if a.shape[0] < 3:
         raise ValueError(f"a: expected at least 3 rows, got {a.shape[0]}")
-    idx = torch.from_numpy(_sample_rows(a.shape[0], max_units, gen))
+    idx = torch.from_numpy(sample_rows(a.shape[0], max_units, gen))
     c = cosine_similarity_matrix(a[idx], b[idx]).double()
     h = c.shape[0]
     s = float(c.diagonal().sum())

@@ -104,15 +104,15 @@ def _invariants(w: WeightMap) -> dict[tuple[str, int | None], torch.Tensor]:
 
     for b in blocks:
         if ("mlp.down", b) in w and ("mlp.up", b) in w:
-            out[("mlp.down@up", b)] = probed(w[("mlp.down", b)], w[("mlp.up", b)])
+            out[("mlp.down_up", b)] = probed(w[("mlp.down", b)], w[("mlp.up", b)])
             if ("mlp.gate", b) in w:
-                out[("mlp.down@gate", b)] = probed(w[("mlp.down", b)], w[("mlp.gate", b)])
+                out[("mlp.down_gate", b)] = probed(w[("mlp.down", b)], w[("mlp.gate", b)])
         if ("mlp.out", b) in w and ("mlp.in", b) in w:
-            out[("mlp.out@in", b)] = probed(w[("mlp.out", b)], w[("mlp.in", b)])
+            out[("mlp.out_in", b)] = probed(w[("mlp.out", b)], w[("mlp.in", b)])
         if ("attn.o", b) in w and ("attn.v", b) in w and w[("attn.o", b)].shape[1] == w[("attn.v", b)].shape[0]:
-            out[("attn.o@v", b)] = probed(w[("attn.o", b)], w[("attn.v", b)])
+            out[("attn.ov", b)] = probed(w[("attn.o", b)], w[("attn.v", b)])
         if ("attn.q", b) in w and ("attn.k", b) in w and w[("attn.q", b)].shape == w[("attn.k", b)].shape:
-            out[("attn.qT@k", b)] = probed(w[("attn.q", b)].T, w[("attn.k", b)])
+            out[("attn.qk", b)] = probed(w[("attn.q", b)].T, w[("attn.k", b)])
     return out
 
 

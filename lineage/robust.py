@@ -25,20 +25,22 @@ Its null is empirical, not exact: calibrate it on known-independent pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ._validation import check_choice, check_informative, check_matrix, check_optional_positive_int, check_rng, json_float
-from .matching import _sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
+from .matching import sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
 
 __all__ = [
     "BlockActivations",
+    "block_activations",
     "MatchConsistencyResult",
     "Localization",
     "match_consistency_test",
     "monotone_block_map",
+    "grid_block_map",
     "localize",
 ]
 
@@ -81,6 +83,11 @@ class BlockActivations:
     @property
     def n_inputs(self) -> int:
         return int(self.a.shape[1])
+
+
+def block_activations(views: Mapping[int, Sequence[Any]]) -> dict[int, BlockActivations]:
+    """``{block: BlockActivations}`` from ``{block: (kind, a, b)}`` (the indexer's ``MlpViews``)."""
+    return {block: BlockActivations(*v) for block, v in views.items()}
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ def match_consistency_test(
     rows_m, cols_m = (y, x) if swapped else (x, y)
     if rows_m.n_units < 3:
         raise ValueError(f"x and y: expected at least 3 units each, got {x.n_units} and {y.n_units}")
-    rows = torch.from_numpy(_sample_rows(rows_m.n_units, max_units, gen))
+    rows = torch.from_numpy(sample_rows(rows_m.n_units, max_units, gen))
     first = match_units(cosine_similarity_matrix(rows_m.a[rows], cols_m.a, absolute=True, center=True))
     second = match_units(cosine_similarity_matrix(rows_m.b[rows], cols_m.b, absolute=True, center=True))
     r, lp = spearman_identity_log10_p(first, second)
@@ -249,6 +256,19 @@ def monotone_block_map(log10_p: Any) -> tuple[tuple[int, int], ...]:
     path.reverse()
     pairs = ((j, i) if transposed else (i, j) for i, j in enumerate(path))
     return tuple(pairs)
+
+
+def grid_block_map(
+    grid: Mapping[tuple[int, int], Any], blocks_a: Sequence[int], blocks_b: Sequence[int],
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The block-pair grid of tests as a ``log10 p`` matrix, and its best monotone map in block numbers.
+
+    ``grid[(block_a, block_b)]`` is any result with a ``p_value_log10``; the
+    matrix has a row per ``blocks_a`` and a column per ``blocks_b``.
+    """
+    blocks_a, blocks_b = list(blocks_a), list(blocks_b)
+    matrix = np.array([[grid[i, j].p_value_log10 for j in blocks_b] for i in blocks_a])
+    return matrix, tuple((blocks_a[i], blocks_b[j]) for i, j in monotone_block_map(matrix))
 
 
 @dataclass(frozen=True)
@@ -328,8 +348,7 @@ def localize(
         for i in blocks_a
         for j in blocks_b
     }
-    matrix = np.array([[results[i, j].p_value_log10 for j in blocks_b] for i in blocks_a])
-    block_map = tuple((blocks_a[i], blocks_b[j]) for i, j in monotone_block_map(matrix))
+    matrix, block_map = grid_block_map(results, blocks_a, blocks_b)
     kept = tuple((i, j, results[i, j].units_a, results[i, j].units_b) for i, j in block_map)
     return Localization(
         blocks_a=blocks_a,

@@ -11,6 +11,11 @@ The implementation lives in four subpackages, imported one way
   queries and the reports;
 - :mod:`mothertree.cli` is the ``mothertree`` command, a thin layer over
   :mod:`mothertree.registry`.
+
+Beside them, two standard-library-only modules every package may import:
+:mod:`mothertree.vocabulary` (role and product names, spelled once) and
+:mod:`mothertree.serialize` (results to JSON, one NaN/inf rule).
+``tests/test_imports.py`` enforces the direction module by module.
 """
 
 __version__ = "0.1.0"

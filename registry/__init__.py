@@ -1,27 +1,34 @@
 """The lineage registry: schema, sessions, FAISS store, lineage queries and reports.
 
-Everything the ``mothertree`` command does is a call on :class:`Registry` or
-one of the functions here (hub crawling, reports, the demo).
+Everything the ``mothertree`` command does is a method of :class:`Registry`
+(hub crawling is :mod:`._hub`'s functions taking a registry).
 """
 
 from . import errors, reports, settings
-from ._demo import DemoResult, run_demo
+from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
-from ._lineage import EdgeView, LineageView, PairReport, ResolveReport
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary
+from ._naming import hub_ids, validate_name
+from ._open import open_registry
+from ._pairs import PairReport
+from ._queries import EdgeView, LineageView
 from ._registry import Registry
+from ._resolve import ResolvePlan, ResolveReport
 from .errors import MothertreeError
-from .reports import NamedReport, QueryResult, run_report, run_sql
+from .reports import NamedReport, QueryResult
 
 __all__ = [
     "Registry",
-    "DemoResult",
-    "run_demo",
+    "open_registry",
+    "schema_head",
+    "hub_ids",
+    "validate_name",
     "IndexReport",
     "IndexResult",
     "ModelDetail",
     "ModelSummary",
     "PairReport",
+    "ResolvePlan",
     "ResolveReport",
     "EdgeView",
     "LineageView",
@@ -33,8 +40,6 @@ __all__ = [
     "index_cache",
     "NamedReport",
     "QueryResult",
-    "run_report",
-    "run_sql",
     "MothertreeError",
     "errors",
     "reports",

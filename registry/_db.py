@@ -111,19 +111,42 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
 def downgrade(engine: Engine, revision: str) -> str | None:
     """Revert migrations down to ``revision`` (``"base"`` drops every table)."""
     from alembic import command
+    from alembic.util import CommandError
 
-    with _migration_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-        command.downgrade(_alembic_config(conn), revision)
+    try:
+        with _migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            command.downgrade(_alembic_config(conn), revision)
+    except CommandError as exc:  # unknown revision, or one above the current one
+        raise RegistryError(
+            f"Cannot downgrade the database at {engine.url.render_as_string()} to '{revision}': {exc}. "
+            f"Revisions: base, {', '.join(_revisions())}; see the current one with: mothertree db current"
+        ) from None
     return current_revision(engine)
+
+
+def _revisions() -> list[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return [s.revision for s in reversed(list(ScriptDirectory.from_config(cfg).walk_revisions()))]
 
 
 def current_revision(engine: Engine) -> str | None:
     from alembic.migration import MigrationContext
 
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DBAPIError as exc:  # unreachable server, missing database, not a database file
+        from ._open import connect_error
+
+        raise connect_error(engine.url.render_as_string(hide_password=False), exc) from None
 
 
 def head_revision() -> str:

@@ -21,14 +21,14 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ._models import iso
+from ._models import as_utc, iso, utc_now
 from ._schema import CrawlCursor, HubRepo, Model
 from .errors import HubError, MothertreeError, UnsupportedFormatError
 
@@ -137,17 +137,6 @@ class HubReport:
 Progress = Callable[[HubIndexResult], None]
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _utc(dt: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (stored as UTC); compare everything as aware UTC."""
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
 def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` means the default branch."""
     repo, sep, rev = spec.partition("@")
@@ -184,7 +173,7 @@ def _record_failure(reg: "Registry", repo_id: str, sha: str | None, status: str,
         row.status = status
         row.error = error
         row.attempts = (row.attempts or 0) + tries
-        row.last_attempt_at = _now()
+        row.last_attempt_at = utc_now()
         return row.attempts
 
 
@@ -223,7 +212,7 @@ def _apply_hub_fields(
         s.add(row)
     elif row.sha != sha:
         row.attempts = 0
-    now = _now()
+    now = utc_now()
     row.sha = sha
     row.last_modified = last_modified
     row.status = "lite" if lite else "indexed"
@@ -280,7 +269,7 @@ def _index_repo(
                     folder, transferred, size = client.download(info)
                     num_parameters = None
                 break
-            except (MothertreeError, OSError, ValueError) as exc:
+            except (MothertreeError, OSError, ValueError, *_network_errors()) as exc:
                 status = "unsupported" if isinstance(exc, UnsupportedFormatError) else "failed"
                 if is_transient(exc) and tries < retry.max_attempts:
                     sleep(retry.delay(tries, retry_after(exc)))
@@ -288,6 +277,9 @@ def _index_repo(
                 if not is_transient(exc) and _offline_error(exc):
                     raise HubError(repo_id, f"offline ({exc}); unset HF_HUB_OFFLINE or use index-cache") from exc
                 msg = _message(exc)
+                if isinstance(exc, _network_errors()):
+                    msg = (f"cannot reach the Hugging Face Hub ({msg}); check the network or HF_ENDPOINT, "
+                           "or index local copies with: mothertree index-cache")
                 attempts = _record_failure(reg, repo_id, sha, status, msg, tries)
                 return HubIndexResult(repo_id, sha, status, attempts=attempts, error=msg)
         try:
@@ -307,6 +299,13 @@ def _index_repo(
         repo_id, info.sha, "lite" if lite else result.status, attempts=attempts,
         bytes_transferred=transferred, file_size=size, revision=result.revision,
     )
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport failures of the hub's HTTP client (not ``OSError`` subclasses)."""
+    import httpx2
+
+    return (httpx2.TransportError,)
 
 
 def _offline_error(exc: BaseException) -> bool:
@@ -429,11 +428,11 @@ def crawl_hub(
         if cursor is None:
             cursor = CrawlCursor(query_key=key, query=query, repos_listed=0, repos_indexed=0, repos_failed=0)
             s.add(cursor)
-        old_watermark = _utc(cursor.watermark)
+        old_watermark = as_utc(cursor.watermark)
         cursor.status = "running"
-        cursor.started_at = _now()
+        cursor.started_at = utc_now()
         cursor.finished_at = None
-    since = _utc(since)
+    since = as_utc(since)
     stop_at = since if since is not None else old_watermark
     results: list[HubIndexResult] = []
     newest: datetime | None = None
@@ -441,7 +440,7 @@ def crawl_hub(
     reached_stop = False
     try:
         for item in client.list_models(author=author, search=search, filter=filter, limit=limit):
-            modified = _utc(item.last_modified)
+            modified = as_utc(item.last_modified)
             if stop_at is not None and modified is not None and modified < stop_at:
                 reached_stop = True
                 break
@@ -477,13 +476,13 @@ def _finish_cursor(
         cursor = s.scalar(select(CrawlCursor).where(CrawlCursor.query_key == key))
         assert cursor is not None  # created at the start of the crawl
         cursor.status = status
-        cursor.finished_at = _now()
+        cursor.finished_at = utc_now()
         cursor.repos_listed = len(results)
         cursor.repos_indexed = sum(r.status in ("indexed", "revised", "unchanged", "lite") for r in results)
         cursor.repos_failed = sum(r.status == "failed" for r in results)
         if watermark is not None:
             cursor.watermark = watermark
-        return _utc(cursor.watermark)
+        return as_utc(cursor.watermark)
 
 
 def _index_cached(reg: "Registry", rev: "CachedRevision") -> HubIndexResult:

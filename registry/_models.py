@@ -8,16 +8,25 @@ from typing import Any
 
 from ._schema import Model
 
-__all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso"]
+__all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso", "utc_now", "as_utc"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC (the one clock of the registry)."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """``dt`` as an aware UTC datetime (SQLite hands back naive datetimes; they were stored as UTC)."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO-8601 in UTC (SQLite hands back naive datetimes; they were stored as UTC)."""
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    """ISO-8601 in UTC, ``Z`` suffix."""
+    dt = as_utc(dt)
+    return None if dt is None else dt.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

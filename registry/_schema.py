@@ -267,3 +267,32 @@ class CrawlCursor(Base):
     repos_listed: Mapped[int] = mapped_column(Integer, default=0)
     repos_indexed: Mapped[int] = mapped_column(Integer, default=0)
     repos_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Job(Base):
+    """One durable unit of work for ``mothertree worker``: index and place a path or a hub revision.
+
+    ``status`` goes ``queued`` -> ``running`` -> ``done`` or ``failed``. A
+    running job whose ``lease_expires_at`` has passed belongs to a dead worker
+    and may be claimed again; ``attempts`` counts claims, and a job that has
+    used ``max_attempts`` stops as ``failed`` with its last ``error`` kept.
+    ``dedup_key`` (``hub:REPO@SHA``) makes a webhook delivered twice one job.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(1024))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    dedup_key: Mapped[str | None] = mapped_column(String(1100), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(_NullableJSON)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

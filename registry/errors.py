@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyQueryError",
     "NoComparableTensorsError",
     "HubError",
+    "InvalidNameError",
 ]
 
 
@@ -30,14 +31,11 @@ class MothertreeError(Exception):
 class ModelNotFoundError(MothertreeError, LookupError):
     """A model name that is not in the registry."""
 
-    def __init__(self, name: str, db: str | None = None) -> None:
-        self.model_id = name
+    def __init__(self, name: str, db: str | None = None, *, hint: str = "Index it with: mothertree index PATH") -> None:
+        self.name = name
         self.db = db
         where = f" at {db}" if db else ""
-        super().__init__(
-            f"Model '{name}' is not in the registry{where}. "
-            f"Index it with: mothertree index PATH"
-        )
+        super().__init__(f"Model '{name}' is not in the registry{where}. {hint}")
 
 
 class UnreadableWeightsError(MothertreeError, ValueError):
@@ -81,3 +79,11 @@ class HubError(MothertreeError, ConnectionError):
     def __init__(self, repo_id: str, problem: str) -> None:
         self.repo_id = repo_id
         super().__init__(f"Hub repo '{repo_id}': {problem}")
+
+
+class InvalidNameError(MothertreeError, ValueError):
+    """A registry name that is refused: control characters, too long, a path escape."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.model_id = name
+        super().__init__(f"{problem}. Choose another with: mothertree index PATH --name NAME")

@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ReadOnlyQueryError
 
 if TYPE_CHECKING:
-    from ._registry import Registry
+    from ._connection import Connection as Registry
 
 __all__ = [
     "ReportParam",
@@ -51,6 +51,8 @@ __all__ = [
     "run_report",
     "run_sql",
     "datasette_metadata",
+    "datasette_queries",
+    "datasette_database_name",
 ]
 
 
@@ -131,9 +133,9 @@ REPORTS: tuple[NamedReport, ...] = (
             "WHERE NOT EXISTS (SELECT 1 FROM edges p WHERE p.child_id = r.root_id)\n"
             "GROUP BY m.name\n"
             "ORDER BY descendants DESC, root\n"
-            "LIMIT CAST(:limit AS INTEGER)"
+            "LIMIT CAST(COALESCE(NULLIF(:limit, ''), '20') AS INTEGER)"
         ),
-        params=(ReportParam("limit", "How many roots to list.", "20"),),
+        params=(ReportParam("limit", "How many roots to list (empty: 20).", "20"),),
         description="Models with no proven parent, ranked by how many models descend from them through edges.",
     ),
     NamedReport(
@@ -240,7 +242,13 @@ def get_report(name: str) -> NamedReport:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise LookupError(f"No report named '{name}'. Reports: {', '.join(_BY_NAME)}") from None
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        raise LookupError(
+            f"No report named '{name}'. {hint}Reports: {', '.join(_BY_NAME)} (list them with: mothertree report)"
+        ) from None
 
 
 def run_report(reg: "Registry", name: str, params: Mapping[str, str] | None = None) -> QueryResult:
@@ -308,6 +316,12 @@ def run_sql(
     if verb not in _READ_VERBS:
         raise ReadOnlyQueryError(
             f"mothertree sql only reads: expected SELECT, WITH, VALUES or EXPLAIN, got {verb.upper() or 'nothing'}"
+        )
+    missing = sorted(set(text(statement).compile().params) - set(params or {}))
+    if missing:
+        raise ValueError(
+            f"The SQL uses parameter(s) {', '.join(':' + p for p in missing)} with no value; "
+            f"pass each with -p, e.g. -p {missing[0]}=VALUE"
         )
     return _execute(reg, statement, dict(params or {}), max_rows=max_rows)
 
@@ -482,23 +496,39 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def datasette_queries() -> dict[str, Any]:
+    """Every report as a Datasette canned query (``{name: {title, description, sql, params}}``)."""
+    return {
+        r.name: {
+            "title": r.title,
+            "description": r.description,
+            "sql": r.sql,
+            **({"params": [p.name for p in r.params]} if r.params else {}),
+        }
+        for r in REPORTS
+    }
+
+
+def datasette_database_name(db: str | None) -> str:
+    """Datasette's name for the database ``db`` (a URL or SQLite path): an SQLite file's stem, else ``registry``."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from ._db import normalise_url
+    from .settings import default_db_url
+
+    url = make_url(normalise_url(db or default_db_url()))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).stem
+    return "registry"
+
+
 def datasette_metadata(database: str = "registry") -> dict[str, Any]:
     """Datasette metadata with every report as a canned query on ``database``
     (the SQLite file's stem: ``datasette registry.db -m datasette/metadata.json``)."""
     return {
         "title": "mothertree registry",
         "description": "Model lineage registry. Regenerate this file with: mothertree report --datasette",
-        "databases": {
-            database: {
-                "queries": {
-                    r.name: {
-                        "title": r.title,
-                        "description": r.description,
-                        "sql": r.sql,
-                        **({"params": [p.name for p in r.params]} if r.params else {}),
-                    }
-                    for r in REPORTS
-                }
-            }
-        },
+        "databases": {database: {"queries": datasette_queries()}},
     }

@@ -67,6 +67,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Migration 0005 creates it; the connecting user must be a member (GRANT mothertree_reader TO user).",
     ),
     Setting(
+        "MOTHERTREE_WEBHOOK_SECRET",
+        None,
+        "Secret a hub webhook must send in X-Webhook-Secret to queue work on mothertree serve "
+        "(unset: the webhook refuses every call).",
+    ),
+    Setting(
         "MOTHERTREE_ZOO_DIR",
         None,
         "Cache folder of the synthetic model zoo used by tests, benchmarks and the demo.",

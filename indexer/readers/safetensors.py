@@ -20,7 +20,7 @@ from ._common import SAFETENSORS_DTYPES, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["read_header", "iter_tensors", "read_metadata"]
+__all__ = ["read_header", "iter_tensors"]
 
 _MAX_HEADER = 100_000_000
 #: Most dimensions a tensor may declare (real weights have at most 5 or so).
@@ -78,15 +78,6 @@ def _parse(path: Path) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise UnreadableWeightsError(path, "header is not a JSON object")
     return header, size - 8 - n
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The free-form ``__metadata__`` of a file (empty when absent)."""
-    header, _ = _parse(Path(path))
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise UnreadableWeightsError(path, "__metadata__ is not a JSON object")
-    return {str(k): str(v) for k, v in meta.items()}
 
 
 def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:

@@ -47,11 +47,13 @@ def test_index_models_show_json(cli, tiny_models):
 
 
 def test_empty_models_json(cli):
+    assert cli("init")[0] == 0
     code, out, _ = cli("models", "--json")
     assert code == 0 and json.loads(out) == {"models": []}
 
 
 def test_unknown_model_error_line(cli):
+    assert cli("init")[0] == 0
     code, out, err = cli("show", "nope")
     assert code == 1 and out == ""
     assert err.startswith("Error: Model 'nope' is not in the registry at sqlite:///")

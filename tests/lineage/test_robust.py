@@ -11,9 +11,9 @@ import torch
 from scipy import stats
 
 from mothertree.indexer.forward import find_mlp_modules, load_forward_model, seeded_inputs
-from mothertree.lineage.activations import collect_mlp_activations
+from mothertree.indexer.activations import collect_mlp_activations
 from mothertree.lineage.independence import match_test
-from mothertree.lineage.robust import BlockActivations, localize, match_consistency_test, monotone_block_map
+from mothertree.lineage.robust import BlockActivations, block_activations, localize, match_consistency_test, monotone_block_map
 from mothertree.registry.errors import UnreadableWeightsError
 
 VOCAB = 128
@@ -38,7 +38,7 @@ def tiny_gpt2(seed: int):
 
 
 def activations(model, family: str):
-    return collect_mlp_activations(model, find_mlp_modules(model, family), seeded_inputs(VOCAB, 4, 32, seed=0))
+    return block_activations(collect_mlp_activations(model, find_mlp_modules(model, family), seeded_inputs(VOCAB, 4, 32, seed=0)))
 
 
 @torch.no_grad()

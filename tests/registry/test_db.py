@@ -73,7 +73,7 @@ def test_bad_input_leaves_database_unchanged(registry, tiny_models, tmp_path):
 
 def test_crash_mid_index_rolls_back(registry, tiny_models, monkeypatch):
     """A failure after some tensor rows are added must leave no trace of the model."""
-    import mothertree.registry._registry as mod
+    import mothertree.registry._indexing as mod
 
     real = mod.ModelRevision
 

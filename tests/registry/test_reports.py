@@ -14,7 +14,7 @@ from sqlalchemy import select
 from mothertree.registry import Registry
 from mothertree.registry._schema import Edge, FamilyMember, Model, PairTest
 from mothertree.registry.errors import ReadOnlyQueryError
-from mothertree.registry.reports import REPORTS, datasette_metadata, get_report, run_report, run_sql
+from mothertree.registry.reports import REPORTS, datasette_metadata, get_report
 
 NOW = datetime(2026, 2, 1, tzinfo=timezone.utc)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,53 +53,53 @@ def _load_truth(reg, truth) -> dict[str, int]:
 
 def test_reports_match_the_ground_truth(registry, truth):
     ids = _load_truth(registry, truth)
-    undeclared = run_report(registry, "undeclared-derivatives")
+    undeclared = registry.report("undeclared-derivatives")
     assert undeclared.columns[:2] == ("model", "proven_parent")
     assert {r["model"] for r in undeclared.records()} == truth.undeclared | truth.misdeclared
     assert {r["model"]: r["proven_parent"] for r in undeclared.records()} == {
         c: truth.parent[c] for c in truth.undeclared | truth.misdeclared
     }
-    only = run_report(registry, "undeclared-derivatives", {"parent": "acme/llama-base"})
+    only = registry.report("undeclared-derivatives", {"parent": "acme/llama-base"})
     assert {r["model"] for r in only.records()} == {
         c for c in truth.undeclared if truth.parent[c] == "acme/llama-base"
     }
 
-    mis = run_report(registry, "misdeclared-parents").records()
+    mis = registry.report("misdeclared-parents").records()
     assert [(r["model"], r["declared_base"], r["evidence"]) for r in mis] == [
         (c, truth.declared[c], "independent") for c in sorted(truth.misdeclared)
     ]
     with registry.session() as s:  # without the test, no edge and no shared family still says "no"
         for t in s.scalars(select(PairTest)):
             s.delete(t)
-    assert [r["evidence"] for r in run_report(registry, "misdeclared-parents").records()] == ["no lineage"]
+    assert [r["evidence"] for r in registry.report("misdeclared-parents").records()] == ["no lineage"]
 
-    families = run_report(registry, "families").records()
+    families = registry.report("families").records()
     sizes = Counter(truth.family_of(n) for n in ids)
     assert {r["root"]: r["members"] for r in families} == dict(sizes)
     assert [r["members"] for r in families] == sorted(sizes.values(), reverse=True)
 
-    top = run_report(registry, "top-roots", {"limit": "2"}).records()
+    top = registry.report("top-roots", {"limit": "2"}).records()
     descendants = {root: n - 1 for root, n in sizes.items()}
     assert [(r["root"], r["descendants"]) for r in top] == sorted(
         descendants.items(), key=lambda kv: (-kv[1], kv[0])
     )[:2]
 
-    relations = {r["relation"]: r["edges"] for r in run_report(registry, "relations").records()}
+    relations = {r["relation"]: r["edges"] for r in registry.report("relations").records()}
     assert relations == dict(Counter(truth.relation.values()))
-    archs = {r["architecture"]: r["models"] for r in run_report(registry, "architectures").records()}
+    archs = {r["architecture"]: r["models"] for r in registry.report("architectures").records()}
     assert archs == dict(Counter(_arch(n, truth) for n in ids))
 
 
 def test_report_errors(registry):
     with pytest.raises(LookupError, match="No report named 'nope'. Reports: families, top-roots"):
-        run_report(registry, "nope")
+        registry.report("nope")
     with pytest.raises(ValueError, match="Report 'families' has no parameter x; it takes: none"):
-        run_report(registry, "families", {"x": "1"})
+        registry.report("families", {"x": "1"})
 
 
 def test_every_report_runs_on_an_empty_registry(registry):
     for r in REPORTS:
-        result = run_report(registry, r.name)
+        result = registry.report(r.name)
         assert result.rows == () and result.columns
 
 
@@ -117,20 +117,20 @@ def test_every_report_runs_on_an_empty_registry(registry):
 def test_sql_refuses_writes(registry, tiny_models, sql):
     registry.index_one(tiny_models["gpt2"], name="m")
     with pytest.raises(ReadOnlyQueryError):
-        run_sql(registry, sql)
+        registry.query(sql)
     assert [m.name for m in registry.models()] == ["m"]
     registry.remove("m")  # the registry's own connections can still write
 
 
 def test_sql_reads(registry, tiny_models):
     registry.index_one(tiny_models["gpt2"], name="m;x")
-    r = run_sql(registry, "SELECT name, indexed_at FROM models WHERE name = 'm;x';  ")
+    r = registry.query("SELECT name, indexed_at FROM models WHERE name = 'm;x';  ")
     assert r.columns == ("name", "indexed_at")
     assert r.rows[0][0] == "m;x" and r.rows[0][1].startswith("20")  # ISO on PostgreSQL, stored text on SQLite
-    assert run_sql(registry, "SELECT name FROM tensors", max_rows=3).truncated
-    assert run_sql(registry, "SELECT :v AS v", {"v": "7"}).rows == (("7",),)
+    assert registry.query("SELECT name FROM tensors", max_rows=3).truncated
+    assert registry.query("SELECT :v AS v", {"v": "7"}).rows == (("7",),)
     with pytest.raises(ValueError, match="SQL error"):
-        run_sql(registry, "SELECT * FROM no_such_table")
+        registry.query("SELECT * FROM no_such_table")
 
 
 def test_datasette_metadata_matches_the_reports():
@@ -150,12 +150,11 @@ def test_every_report_is_documented():
     assert get_report("families").title == "Families by size"
 
 
+@pytest.mark.slow
 def test_reports_after_a_real_crawl_and_resolve(fake_hub, truth, tmp_path, monkeypatch):
     """End to end: crawl the fake hub, resolve lineage from the weights, read the reports."""
     from mothertree.registry._hub import RetryPolicy, crawl_hub
 
-    if not hasattr(Registry, "resolve"):
-        pytest.skip("resolve not built yet")
     monkeypatch.setenv("MOTHERTREE_HOME", str(tmp_path / "home"))
     reg = Registry(f"sqlite:///{tmp_path / 'e2e.db'}")
     crawl_hub(reg, retry=RetryPolicy(base_delay_s=0))
@@ -166,9 +165,9 @@ def test_reports_after_a_real_crawl_and_resolve(fake_hub, truth, tmp_path, monke
     true_edges = set(truth.parent.items())
     found = edges & true_edges
     assert len(found) >= 0.8 * len(true_edges), f"resolve found {sorted(found)} of {sorted(true_edges)}"
-    undeclared = {r["model"] for r in run_report(reg, "undeclared-derivatives").records()}
+    undeclared = {r["model"] for r in reg.report("undeclared-derivatives").records()}
     assert {c for c, p in found if c not in truth.declared or truth.declared[c] != p} <= undeclared
     assert not undeclared & {c for c in truth.declared if c not in truth.misdeclared}
-    mis = {(r["model"], r["declared_base"]) for r in run_report(reg, "misdeclared-parents").records()}
+    mis = {(r["model"], r["declared_base"]) for r in reg.report("misdeclared-parents").records()}
     assert mis == {(c, truth.declared[c]) for c in truth.misdeclared}
     reg.close()

@@ -1,4 +1,8 @@
-"""``mothertree demo``: build a small family, index it, resolve it, check it."""
+"""``mothertree demo``: build a small family (here, in ``bench``), index it, resolve it, check it.
+
+The registry never imports ``bench``: the model building lives here, and the
+demo calls the registry like any user would.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ._registry import Registry
-from .settings import registry_home
+from ..registry import Registry
+from ..registry.settings import registry_home
+from .zoo import build_zoo
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -50,8 +55,6 @@ def run_demo(workdir: str | Path | None = None, *, progress: Callable[[str], Non
 
     No timestamps are given to the registry: direction comes from the weights alone.
     """
-    from ..bench.zoo import build_zoo
-
     say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else registry_home() / "demo"
     work.mkdir(parents=True, exist_ok=True)

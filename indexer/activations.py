@@ -1,21 +1,29 @@
 """Collect the two views of each MLP block's hidden units that phi_MATCH compares.
 
 The model is any :class:`torch.nn.Module`; which submodules are a block's MLP
-projections is given by the caller (``mothertree.indexer.forward`` finds them
-from the canonical role map), so this module knows nothing about files or
-architectures.
+projections is given by the caller (:mod:`.forward` finds them from the
+canonical role map), so this module knows nothing about files or
+architectures. It runs model code (forward hooks), which is why it lives in
+the indexer and not in the pure ``lineage`` package; the views it returns
+become :class:`mothertree.lineage.BlockActivations` where a test needs them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
-from .robust import BlockActivations
+__all__ = ["MlpViews", "collect_mlp_activations"]
 
-__all__ = ["collect_mlp_activations"]
+
+class MlpViews(NamedTuple):
+    """Two views of one MLP block's hidden units (``kind``: ``"glu"`` or ``"plain"``; ``a``, ``b``: ``[h, N]``)."""
+
+    kind: str
+    a: torch.Tensor
+    b: torch.Tensor
 
 _GLU_ROLES = ("mlp.gate", "mlp.up")
 _FUSED_ROLE = "mlp.gate_up"
@@ -56,7 +64,7 @@ def collect_mlp_activations(
     model: nn.Module,
     mlp_modules: Mapping[int, Mapping[str, nn.Module]],
     input_ids: torch.Tensor,
-) -> dict[int, BlockActivations]:
+) -> dict[int, MlpViews]:
     """Run ``model`` once on ``input_ids`` and record each MLP block's two views.
 
     Forward hooks capture, for every block:
@@ -79,7 +87,7 @@ def collect_mlp_activations(
 
     Returns
     -------
-    dict block -> BlockActivations
+    dict block -> MlpViews
         Each view is ``[intermediate, N]`` float32: rows are hidden units
         because those are what a permutation of the block moves.
     """
@@ -136,4 +144,4 @@ def collect_mlp_activations(
     if missing:
         raise ValueError(f"mlp_modules: expected every block's modules to run in the forward pass, "
                          f"got no output from blocks {missing}")
-    return {b: BlockActivations(kinds[b], captured[b, "a"], captured[b, "b"]) for b in sorted(kinds)}
+    return {b: MlpViews(kinds[b], captured[b, "a"], captured[b, "b"]) for b in sorted(kinds)}

@@ -1,0 +1,295 @@
+"""Resolve as a plan, then its execution: test candidate pairs, control the FDR, re-solve families.
+
+:func:`plan_resolve` only reads: which models are resolved, which pairs are
+tested, which families may be re-solved and (for ``full``) what is deleted.
+:meth:`ResolvePlan.execute` does it, one short step at a time. The statistics
+of a family live in :mod:`mothertree.lineage.family`; this module is the SQL
+glue around them (see :mod:`._families`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import networkx as nx
+from sqlalchemy import delete, func, select, update
+
+from ..serialize import to_jsonable
+from ._connection import Connection
+from ._families import solve_and_store
+from ._lookup import stored_candidates
+from ._models import utc_now
+from ._pairs import PairTester, failed_row
+from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun
+from .errors import ModelNotFoundError, MothertreeError, NoComparableTensorsError, RegistryError, UnreadableWeightsError
+
+__all__ = ["ResolvePlan", "ResolveReport", "plan_resolve"]
+
+Progress = Callable[[str], None]
+
+#: Ids per ``IN (...)`` list, well under SQLite's and PostgreSQL's parameter limits.
+_IN_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class ResolveReport:
+    models_resolved: int
+    pairs_tested: int
+    dependent_pairs: int
+    edges: int
+    families: int
+    alpha: float
+    full: bool
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@dataclass(frozen=True)
+class ResolvePlan:
+    """What :meth:`execute` will do; building it writes nothing.
+
+    ``models`` are tested against their candidates and marked resolved;
+    ``pairs`` are the candidate pairs to test; ``families`` the families that
+    may be re-solved (their final membership depends on the test outcomes:
+    here every candidate pair is assumed dependent); ``deletes`` counts the
+    rows a ``full`` resolve forgets first.
+    """
+
+    full: bool
+    k: int
+    alpha: float
+    models: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+    families: tuple[tuple[str, ...], ...]
+    deletes: tuple[tuple[str, int], ...]
+    warnings: tuple[str, ...]
+    model_ids: tuple[int, ...] = field(repr=False)
+    pair_ids: tuple[tuple[int, int], ...] = field(repr=False)
+    registry_models: frozenset[int] = field(repr=False, compare=False)
+    _execute: Callable[["ResolvePlan", Progress | None], ResolveReport] = field(repr=False, compare=False)
+
+    def execute(self, progress: Progress | None = None) -> ResolveReport:
+        """Run the tests, control the false discovery rate and re-solve the families."""
+        return self._execute(self, progress)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "full": self.full,
+            "k": self.k,
+            "alpha": self.alpha,
+            "models": list(self.models),
+            "pairs": [{"a": a, "b": b} for a, b in self.pairs],
+            "families": [list(f) for f in self.families],
+            "deletes": dict(self.deletes),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    name: str
+    source: str
+    digest: str
+    created_at: Any
+    declared: tuple[str, ...]
+    resolved: bool
+
+
+def _snapshot(conn: Connection) -> dict[int, _ModelInfo]:
+    with conn.session() as s:
+        return {
+            m.id: _ModelInfo(
+                m.name, m.source, m.content_digest, m.created_at, tuple(m.declared_base_models or ()),
+                m.resolved_at is not None,
+            )
+            for m in s.scalars(select(Model))
+        }
+
+
+# -- plan --------------------------------------------------------------------
+def plan_resolve(
+    conn: Connection, tester: PairTester, *, full: bool = False, k: int = 10, alpha: float = 0.01,
+    models: Iterable[str] | None = None,
+) -> ResolvePlan:
+    """What a resolve would test, re-solve and (``full``) delete. Reads only."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a level in (0, 1), got {alpha}")
+    if k < 1:
+        raise ValueError(f"k: expected at least 1 candidate per model, got {k}")
+    only = None if models is None else list(models)
+    if full and only is not None:
+        raise ValueError("full: a full resolve re-solves every model; it cannot be limited to some")
+    info = _snapshot(conn)
+    pending = _pending(conn, info, full, only)
+    with conn.session() as s:
+        tested = set() if full else {(t.a_id, t.b_id) for t in s.scalars(select(PairTest))}
+        dependent = [] if full else list(s.execute(select(PairTest.a_id, PairTest.b_id).where(PairTest.dependent)))
+        deletes = _deletion_counts(s) if full else ()
+    pair_ids, warnings = _candidate_pairs(conn, info, pending, tested, k)
+    families = _families_to_solve(info, pending, pair_ids, dependent)
+    return ResolvePlan(
+        full=full, k=k, alpha=alpha,
+        models=tuple(info[m].name for m in pending),
+        pairs=tuple((info[a].name, info[b].name) for a, b in pair_ids),
+        families=families, deletes=deletes, warnings=tuple(warnings),
+        model_ids=tuple(pending), pair_ids=tuple(pair_ids), registry_models=frozenset(info),
+        _execute=lambda plan, progress: execute_resolve(conn, tester, plan, progress),
+    )
+
+
+def _pending(conn: Connection, info: dict[int, _ModelInfo], full: bool, only: list[str] | None) -> list[int]:
+    """Models to resolve: every model (full), else the unresolved ones (among ``only``, if given)."""
+    if only is not None:
+        known = {m.name for m in info.values()}
+        for name in only:
+            if name not in known:
+                raise ModelNotFoundError(name, conn.display_url)
+    return [
+        mid for mid, m in info.items()
+        if (full or not m.resolved) and (only is None or m.name in only)
+    ]
+
+
+def _deletion_counts(s) -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (name, int(s.scalar(select(func.count()).select_from(table))))
+        for name, table in (("edges", Edge), ("pair_tests", PairTest), ("family_members", FamilyMember))
+    )
+
+
+def _candidate_pairs(
+    conn: Connection, info: dict[int, _ModelInfo], pending: list[int], tested: set, k: int,
+) -> tuple[list[tuple[int, int]], list[str]]:
+    """Untested pairs of each pending model with its copies and its top-``k`` candidates."""
+    by_name = {m.name: mid for mid, m in info.items()}
+    by_digest: dict[str, list[int]] = {}
+    for mid, m in info.items():
+        by_digest.setdefault(m.digest, []).append(mid)
+    todo: dict[tuple[int, int], None] = {}
+    warnings = []
+    for mid in pending:
+        m = info[mid]
+        partners: set[int] = set(by_digest[m.digest]) - {mid}
+        try:
+            cands = stored_candidates(conn, m.name, k=k)
+            partners |= {by_name[c.name] for c in cands.candidates if c.name in by_name}
+        except MothertreeError as exc:
+            warnings.append(f"{m.name}: no candidates ({exc})")
+        for p in partners:
+            pair = (min(mid, p), max(mid, p))
+            if pair not in tested:
+                todo.setdefault(pair)
+    return list(todo), warnings
+
+
+def _families_to_solve(info, pending, pair_ids, dependent) -> tuple[tuple[str, ...], ...]:
+    """Families (two or more models) a pending model may join, every candidate assumed dependent."""
+    g = nx.Graph()
+    g.add_nodes_from(info)
+    g.add_edges_from(dependent)
+    g.add_edges_from(pair_ids)
+    pend = set(pending)
+    comps = [c for c in nx.connected_components(g) if len(c) > 1 and c & pend]
+    return tuple(sorted(tuple(sorted(info[m].name for m in c)) for c in comps))
+
+
+# -- execute -------------------------------------------------------------------
+def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, progress: Progress | None) -> ResolveReport:
+    """Apply ``plan``: forget (full), test, control the FDR, re-solve the touched families."""
+    say = progress or (lambda msg: None)
+    started = utc_now()
+    _check_fresh(conn, plan)
+    if plan.full:
+        _forget_all(conn)
+    info = _snapshot(conn)
+    _run_tests(conn, tester, plan, info, say)
+    dep, families = _fdr_and_families(conn, plan)
+    warnings, failed, names = list(plan.warnings), set(), {m: i.name for m, i in info.items()}
+    sources = {m: (i.source, i.digest) for m, i in info.items()}
+    for comp, rows in families.items():
+        say(f"family of {names[comp[0]]}: {len(comp)} model(s)")
+        try:
+            solve_and_store(conn, tester, comp, rows, info, sources, plan.alpha)
+        except (MothertreeError, OSError, ValueError) as exc:
+            # One unreadable model must not stop the others; its family stays
+            # pending and is tried again by the next resolve.
+            warnings.append(f"family of {names[comp[0]]} not resolved: {exc}")
+            failed |= set(comp)
+    done = [m for m in plan.model_ids if m not in failed]
+    edges, fams = _finish(conn, plan, started, done)
+    return ResolveReport(len(done), len(plan.pair_ids), len(dep), edges, fams, plan.alpha, plan.full, tuple(warnings))
+
+
+def _check_fresh(conn: Connection, plan: ResolvePlan) -> None:
+    """Refuse a plan made before models were added, removed or re-indexed."""
+    info = _snapshot(conn)
+    unresolved = {m for m, i in info.items() if not i.resolved}
+    if frozenset(info) != plan.registry_models or (not plan.full and not set(plan.model_ids) <= unresolved):
+        raise RegistryError(
+            f"The registry at {conn.display_url} changed since this resolve plan was made. "
+            "Plan again: mothertree resolve --dry-run"
+        )
+
+
+def _forget_all(conn: Connection) -> None:
+    with conn.session() as s:
+        s.execute(delete(Edge))
+        s.execute(delete(PairTest))
+        s.execute(delete(FamilyMember))
+        s.execute(update(Model).values(resolved_at=None))
+
+
+def _run_tests(conn: Connection, tester: PairTester, plan: ResolvePlan, info, say: Progress) -> None:
+    """Test each planned pair and store its row (a failed test is stored as method ``none``)."""
+    sources = {m: (i.source, i.digest) for m, i in info.items()}
+    for i, (a, b) in enumerate(plan.pair_ids, 1):
+        say(f"testing {info[a].name} ~ {info[b].name} ({i}/{len(plan.pair_ids)})")
+        try:
+            row = tester.row(a, b, sources, (info[a].name, info[b].name), plan.alpha)
+        except (NoComparableTensorsError, UnreadableWeightsError, OSError) as exc:
+            row = failed_row(a, b, exc)
+        with conn.session() as s:
+            s.add(row)
+
+
+def _fdr_and_families(conn: Connection, plan: ResolvePlan):
+    """Benjamini-Hochberg over every stored test; the families a planned model touches, with their tests."""
+    from ..lineage.multiple import benjamini_hochberg
+
+    with conn.session() as s:
+        rows = list(s.scalars(select(PairTest)))
+        if rows:
+            rejected, q = benjamini_hochberg([r.p_value_log10 for r in rows], alpha=plan.alpha)
+            for r, rej, qv in zip(rows, rejected, q):
+                r.q_value_log10 = float(qv)
+                r.dependent = bool(rej) and r.method != "none"
+        model_ids = list(s.scalars(select(Model.id)))
+    dep = [(r.a_id, r.b_id) for r in rows if r.dependent]
+    g = nx.Graph()
+    g.add_nodes_from(model_ids)
+    g.add_edges_from(dep)
+    pending = set(plan.model_ids)
+    families = {}
+    for comp in (sorted(c) for c in nx.connected_components(g)):
+        if plan.full or pending & set(comp):
+            members = set(comp)
+            families[tuple(comp)] = {(r.a_id, r.b_id): r for r in rows if r.a_id in members and r.b_id in members}
+    return dep, families
+
+
+def _finish(conn: Connection, plan: ResolvePlan, started, done: list[int]) -> tuple[int, int]:
+    """Mark the resolved models and record the run; the registry's edge and family counts."""
+    with conn.session() as s:
+        now = utc_now()
+        for i in range(0, len(done), _IN_CHUNK):
+            s.execute(update(Model).where(Model.id.in_(done[i : i + _IN_CHUNK])).values(resolved_at=now))
+        n_fam = len({f for f in s.scalars(select(FamilyMember.family_id))})
+        total_edges = len(list(s.scalars(select(Edge.id))))
+        s.add(ResolutionRun(
+            started_at=started, finished_at=now, full=plan.full, alpha=plan.alpha, pairs_tested=len(plan.pair_ids),
+            edges=total_edges, families=n_fam,
+        ))
+    return total_edges, n_fam
