@@ -60,9 +60,12 @@ def reindex(
         plan = st.registry().plan_reindex(device=device)
         if dry_run:
             d = plan.to_dict()
+            for drift in plan.drift:
+                st.warn(f"FAISS file out of step with SQL: {drift}")
             st.emit(d, lambda c: c.print(
                 f"would fingerprint {len(d.get('unfingerprinted', []))} model(s) and rebuild "
                 f"{len(d.get('indexes', []))} index(es)"
+                + (f", repairing {len(plan.drift)} stale file(s)" if plan.drift else "")
             ))
             return
         report = plan.execute()

@@ -133,7 +133,13 @@ def scan_model(
             )
         )
         if visit is not None and a.learned and a.role != "other":
-            for role, part in canonical_parts(a, tensor, family=family, config=config).items():
+            try:
+                parts = canonical_parts(a, tensor, family=family, config=config)
+            except (RuntimeError, ValueError, IndexError):
+                parts = {}  # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
+                warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
+                                "not fingerprinted")
+            for role, part in parts.items():
                 visit(role, a.block, a.part, part)
         elif visit is not None and a.learned and family == "unknown" and tensor.ndim == 2:
             visit("other", a.block, a.part, tensor)
@@ -151,9 +157,12 @@ def scan_model(
             f"unknown architecture (model_type={config.get('model_type')!r}): "
             "tensors indexed with role 'other', 2-D tensors compared by shape"
         )
-    embed = next((r for r in learned if r.role == "embed.tokens" and r.part == "weight"), None)
+    # Only matrices say anything about widths: a scalar named like an embedding says nothing.
+    embed = next((r for r in learned if r.role == "embed.tokens" and r.part == "weight" and len(r.shape) == 2), None)
     mlp = next(
-        (r for r in learned if r.role in ("mlp.up", "mlp.in", "mlp.gate", "mlp.gate_up") and r.part == "weight"), None
+        (r for r in learned if r.role in ("mlp.up", "mlp.in", "mlp.gate", "mlp.gate_up") and r.part == "weight"
+         and len(r.shape) == 2),
+        None,
     )
     blocks = [r.block for r in learned if r.block is not None and r.role != "other"]
     dtype_counts = Counter(r.dtype for r in learned)

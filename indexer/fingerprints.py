@@ -93,6 +93,9 @@ SEED = 0x6D7472
 CHUNK = 4096
 #: Largest slice of a matrix converted to float32 at once.
 _CHUNK_ELEMENTS = 1 << 24
+#: Largest matrix side that gets a sketch: its projection costs ``32 * 4`` bytes
+#: per index (256 MiB at this limit), far above any real vocabulary or width.
+MAX_SKETCH_DIM = 1 << 21
 
 KINDS: tuple[str, ...] = ("aligned", "invariant")
 
@@ -209,6 +212,8 @@ class _Projections:
         """Rows ``(ROWS, n)`` for axis ``"left"``, ``(n, COLS)`` for ``"right"``."""
         import torch
 
+        if not 0 <= n <= MAX_SKETCH_DIM:
+            raise ValueError(f"projection size: expected 0..{MAX_SKETCH_DIM} indices, got {n}")
         have = self._cache.get(axis)
         have_n = 0 if have is None else (have.shape[1] if axis == "left" else have.shape[0])
         if have_n < n:
@@ -254,7 +259,8 @@ def _finish(
     s = s + grand * a1[:, None] * b1[None, :]
     v = s.reshape(-1).double().cpu().numpy()
     norm = np.linalg.norm(v)
-    return (v / norm if norm > 0 else v).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        return (v / norm if norm > 0 else v).astype(np.float32)
 
 
 def aligned_sketch(
@@ -408,8 +414,16 @@ class Fingerprinter:
         if role not in IDENTITY_ROLES and role != "other":
             self._skipped[role] += 1
             return
+        if tensor.numel() == 0 or max(tensor.shape) > MAX_SKETCH_DIM:
+            # An empty matrix carries nothing; a side beyond MAX_SKETCH_DIM is no
+            # real weight, and its projection alone would not fit in memory.
+            self._skipped["empty" if tensor.numel() == 0 else "oversize"] += 1
+            return
         shape = (int(tensor.shape[0]), int(tensor.shape[1]))
         vec = aligned_sketch(tensor, device=self.device, projections=self._proj)
+        if not np.isfinite(vec).all():  # NaN or infinity in the weights: no usable sketch
+            self._skipped["non-finite"] += 1
+            return
         self._layers.append(LayerFingerprint("aligned", role, block, shape, vec))
         if role in _RESIDUAL_ROLES:
             self._layers.append(LayerFingerprint("invariant", role, block, shape, vec))
@@ -433,6 +447,9 @@ class Fingerprinter:
                 continue
             left, right = pair
             vec = product_sketch(left, right, device=self.device, projections=self._proj)
+            if not np.isfinite(vec).all():
+                self._notes.append(f"block {block}: {name} skipped, its product is not finite")
+                continue
             shape = (int(left.shape[0]), int(right.shape[1]))
             self._layers.append(LayerFingerprint("invariant", name, block, shape, vec))
         # Release a held input once every product it enters is done (mlp.down enters two).

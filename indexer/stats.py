@@ -52,6 +52,8 @@ def tensor_statistics(t: "torch.Tensor") -> TensorStats:
         return TensorStats(None, None, None, 0, 0)
     step = max(1, n // SAMPLE_SIZE)
     sample = flat[::step][:SAMPLE_SIZE]
+    if flat.is_floating_point() and flat.element_size() == 1:
+        sample = sample.float()  # float8 has no torch.unique; the conversion is exact
     distinct = int(torch.unique(sample).numel())
     if not (flat.is_floating_point() or flat.dtype.is_complex):
         flat = flat.to(torch.float64)

@@ -27,6 +27,9 @@ __all__ = [
     "check_rng",
     "check_weight_map",
     "json_float",
+    "degenerate_reason",
+    "check_informative",
+    "drop_degenerate",
 ]
 
 
@@ -165,6 +168,135 @@ def check_weight_map(weights: Any, name: str) -> dict[tuple[str, int | None], to
         out[key] = check_matrix(value, f"{name}[{key[0]!r}, {key[1]!r}]")
     return out
 
+
+# ---------------------------------------------------------------- degenerate weights
+
+#: Fewer distinct values than this (in an evenly strided sample) is a tied-value
+#: tensor: binary/ternary patterns whose similarity matrices are full of ties.
+MIN_DISTINCT_VALUES = 8
+#: Fewer distinct rows (or columns) than this fraction: units that cannot be told apart.
+MIN_DISTINCT_FRACTION = 0.5
+_SAMPLE = 65_536
+_RANK_ROWS = 256
+_RANK_COLS = 32
+
+
+def _distinct_lines(x: np.ndarray, dim: int) -> int:
+    """Distinct rows (``dim=1`` keys) or columns (``dim=0``) by a seeded random projection."""
+    n = x.shape[1] if dim == 1 else x.shape[0]
+    probe = np.random.default_rng(0xDE6E).standard_normal(n).astype(np.float32)
+    keys = ((x @ probe) if dim == 1 else (probe @ x)).astype(np.float64)
+    scale = float(np.abs(keys).max()) or 1.0
+    return int(np.unique(np.round(keys / scale * 1e9)).size)
+
+
+def degenerate_reason(x: Any) -> str | None:
+    """Why a matrix can carry no evidence of lineage, or ``None`` when it can.
+
+    A constant (all-zero) matrix, one with fewer than
+    :data:`MIN_DISTINCT_VALUES` distinct values, one whose rows or columns are
+    mostly copies of each other, a numerically rank-deficient one, or one
+    with NaN/infinity: their similarity matrices are tied or undefined, so a
+    matching falls back to the identity and looks like a derivation. Every
+    statistic and relation detector excludes such tensors.
+
+    Examples
+    --------
+    >>> degenerate_reason(torch.zeros(8, 4))
+    'constant (every value is 0)'
+    >>> degenerate_reason(torch.randn(8, 4, generator=torch.Generator().manual_seed(0))) is None
+    True
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to(torch.float32).cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.size == 0:
+        return f"not a non-empty matrix (shape {tuple(x.shape)})"
+    # numpy throughout: torch's small kernels stall when its threads compete with other work
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not math.isfinite(float(x.sum())) and not bool(np.isfinite(x).all()):
+            return "holds NaN or infinity"
+    flat = x.reshape(-1)
+    sample = flat[:: max(1, flat.size // _SAMPLE)]
+    distinct = int(np.unique(sample).size)
+    if distinct < min(MIN_DISTINCT_VALUES, flat.size):
+        lo, hi = float(x.min()), float(x.max())  # a full pass only for the suspicious few
+        if lo == hi:
+            return f"constant (every value is {lo:g})"
+        if distinct == 1 or int(np.unique(flat).size) < MIN_DISTINCT_VALUES:
+            return f"tied values (only {int(np.unique(flat).size)} distinct)"
+    for dim, axis in ((1, "rows"), (0, "columns")):
+        n = x.shape[0] if dim == 1 else x.shape[1]
+        if n >= 4:
+            k = _distinct_lines(x, dim)
+            if k < MIN_DISTINCT_FRACTION * n:
+                return f"tied {axis} (only {k} distinct of {n})"
+    rows = x[:: max(1, x.shape[0] // _RANK_ROWS)].astype(np.float64)
+    k = min(rows.shape[0], x.shape[1], _RANK_COLS)
+    sketch = rows @ np.random.default_rng(0x4A4B).standard_normal((x.shape[1], k))
+    sv = np.linalg.svd(sketch, compute_uv=False)
+    rank = int((sv > 1e-5 * sv[0]).sum()) if float(sv[0]) > 0 else 0
+    if rank < max(1, -(-k // 4)):
+        return f"rank-deficient (numerical rank {rank} of {k} probed)"
+    return None
+
+
+def check_informative(x: Any, name: str) -> torch.Tensor:
+    """:func:`check_matrix`, and refuse a degenerate matrix (see :func:`degenerate_reason`)."""
+    x = check_matrix(x, name)
+    why = degenerate_reason(x)
+    if why is not None:
+        raise ValueError(f"{name}: expected an informative matrix, got a degenerate one: {why}")
+    return x
+
+
+def _tensors_of(value: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    return tuple(t for t in (getattr(value, "a", None), getattr(value, "b", None)) if isinstance(t, torch.Tensor))
+
+
+def drop_degenerate(
+    *maps: Mapping[Any, Any], names: Iterable[str] = ("a", "b")
+) -> tuple[tuple[dict, ...], tuple[str, ...]]:
+    """Remove every key whose matrix is degenerate in any of ``maps``, from all of them.
+
+    Values are matrices, or objects holding matrices as ``.a`` and ``.b``
+    (``BlockActivations``). Returns the filtered maps and one note per map
+    that lost keys, saying how many, why, and that they are excluded from the
+    evidence. When nothing degenerate is found the notes are empty. Lazily
+    streamed maps (any Mapping that is not a dict) are returned unchanged:
+    the check would read them whole.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a = {("mlp.up", 0): torch.zeros(8, 4), ("mlp.up", 1): torch.randn(8, 4, generator=g)}
+    >>> b = {("mlp.up", 0): torch.randn(8, 4, generator=g), ("mlp.up", 1): torch.randn(8, 4, generator=g)}
+    >>> (fa, fb), notes = drop_degenerate(a, b)
+    >>> sorted(fa), notes
+    ([('mlp.up', 1)], ("a: 1 of 2 tensors degenerate, excluded from the evidence: ('mlp.up', 0) constant (every value is 0)",))
+    """
+    if not all(isinstance(m, dict) for m in maps):
+        # Streamed maps (models past the memory budget's share) read each tensor on demand and stop
+        # early; scanning every tensor here would read both models whole. They are passed through.
+        return tuple(maps), ()
+    names = tuple(names)
+    bad: set = set()
+    notes = []
+    for i, m in enumerate(maps):
+        found = []
+        for key, value in m.items():
+            reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
+            if reasons:
+                bad.add(key)
+                found.append((key, reasons[0]))
+        if found:
+            label = names[i] if i < len(names) else f"map {i}"
+            shown = "; ".join(f"{k!r} {why}" for k, why in found[:3]) + ("; ..." if len(found) > 3 else "")
+            notes.append(f"{label}: {len(found)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
+    kept = tuple({k: v for k, v in m.items() if k not in bad} for m in maps)
+    return kept, tuple(notes)
 
 
 

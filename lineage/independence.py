@@ -45,6 +45,7 @@ from ._validation import (
     check_positive_int,
     check_rng,
     check_weight_map,
+    drop_degenerate,
     json_float,
     rejects,
 )
@@ -271,6 +272,14 @@ def _result(components: list[ComponentResult], method: str, alpha: float, *, blo
     )
 
 
+def _no_evidence(method: str, alpha: float, notes: tuple[str, ...]) -> IndependenceResult:
+    """Every tensor was degenerate (see ``_validation.drop_degenerate``): p = 1, never dependent."""
+    return IndependenceResult(
+        statistic=0.0, p_value=1.0, p_value_log10=0.0, method=method, dependent=False, alpha=alpha, null=_NULL,
+        notes=tuple(notes) + ("no informative tensor left to compare: no evidence of dependence",),
+    )
+
+
 # ---------------------------------------------------------------- exact test
 
 
@@ -481,6 +490,9 @@ def exact_test(
     a = _as_weight_map(a, "a")
     b = _as_weight_map(b, "b")
     alpha = check_alpha(alpha)
+    (a, b), degenerate = drop_degenerate(a, b)
+    if not a or not b:
+        return _no_evidence("exact", alpha, degenerate)
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     max_features = check_optional_positive_int(max_features, "max_features")
     gen = check_rng(rng)
@@ -488,7 +500,7 @@ def exact_test(
     if obstacle is not None:
         raise ValueError(f"a and b: expected models with a shared residual basis for the exact test, got {obstacle}")
     ua, ub = _unit_keys(a), _unit_keys(b)
-    tests, notes = [], []
+    tests, notes = [], list(degenerate)
     matching_lps, aligned_lps = [], []
     residual = _residual_tests(a, b, max_units, max_features, gen)
     if residual is not None:
@@ -585,6 +597,10 @@ def match_test(
             isinstance(acts, dict) and not all(isinstance(v, BlockActivations) for v in acts.values())
         ):
             raise TypeError(f"{name}: expected a non-empty mapping block -> BlockActivations, got {type(acts).__name__}")
+    (activations_a, activations_b), degenerate = drop_degenerate(
+        activations_a, activations_b, names=("activations_a", "activations_b"))
+    if not activations_a or not activations_b:
+        return _no_evidence("match", alpha, degenerate)
     ba, bb = sorted(activations_a), sorted(activations_b)
 
     def block(i: int, j: int) -> BlockResult:
@@ -599,7 +615,7 @@ def match_test(
         return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units,
                            matching_p_value_log10=r.p_value_log10, kept_units=kept)
 
-    notes = []
+    notes = list(degenerate)
     if ba == bb:
         blocks = [block(i, i) for i in ba]
         block_map = tuple((i, i) for i in ba)
@@ -706,13 +722,16 @@ def permutation_test(
         raise TypeError(f"statistic: expected a callable (a, b) -> float, got {type(statistic).__name__}")
     n = check_positive_int(n_permutations, "n_permutations")
     alpha = check_alpha(alpha)
+    (a, b), degenerate = drop_degenerate(a, b)
+    if not a or not b:
+        return _no_evidence("permtest", alpha, degenerate)
     gen = check_rng(rng)
     observed = float(statistic(a, b))
     exceed = sum(float(statistic(apply_null_symmetry(a, gen), b)) >= observed for _ in range(n))
     lp = math.log10((1 + exceed) / (n + 1))
     comp = ComponentResult("permtest", observed, 10.0**lp, lp,
                            f"a's weights invariant under hidden and residual permutations; T = {n}")
-    notes = [f"PERMTEST floor: p >= 1/{n + 1}"]
+    notes = [*degenerate, f"PERMTEST floor: p >= 1/{n + 1}"]
     return _result([comp], "permtest", alpha, notes=notes)
 
 
@@ -768,6 +787,7 @@ def tensor_evidence(
     """
     a = check_weight_map(a, "a")
     b = check_weight_map(b, "b")
+    (a, b), _ = drop_degenerate(a, b)  # a degenerate tensor is evidence of nothing
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
     out = []
@@ -896,6 +916,20 @@ def independence_test(
     b = _as_weight_map(b, "b")
     if (activations_a is None) != (activations_b is None):
         raise ValueError("activations_a and activations_b: expected both or neither, got only one")
+    (a, b), degenerate = drop_degenerate(a, b)
+    if activations_a is not None and activations_b is not None:
+        (activations_a, activations_b), dropped = drop_degenerate(
+            activations_a, activations_b, names=("activations_a", "activations_b"))
+        degenerate += dropped
+        if not activations_a or not activations_b:
+            activations_a = activations_b = None
+    if degenerate:
+        if not a or not b:
+            return _no_evidence(method, alpha, degenerate)
+        return _with_notes(independence_test(
+            a, b, method=method, activations_a=activations_a, activations_b=activations_b, alpha=alpha,
+            max_units=max_units, max_features=max_features, n_permutations=n_permutations,
+            statistic=statistic, rng=rng), degenerate)
     has_acts = activations_a is not None
     gen = check_rng(rng)
     obstacle = _exact_obstacle(a, b)

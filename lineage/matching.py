@@ -31,6 +31,7 @@ import torch
 from scipy import optimize, special, stats
 
 from ._validation import (
+    check_informative,
     check_log10_p,
     check_matrix,
     check_optional_positive_int,
@@ -383,8 +384,8 @@ def unit_matching_test(
     >>> unit_matching_test(a, a + 0.1 * torch.randn(50, 20, generator=g)).p_value_log10 < -50
     True
     """
-    a = check_matrix(a, "a")
-    b = check_matrix(b, "b")
+    a = check_informative(a, "a")
+    b = check_informative(b, "b")
     check_same_columns(a, b, ("a", "b"))
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
@@ -484,8 +485,8 @@ def aligned_cosine_test(a: Any, b: Any, *, max_units: int | None = None, rng: An
     >>> aligned_cosine_test(a, a + torch.randn(40, 30, generator=g)).z > 5
     True
     """
-    a = check_matrix(a, "a")
-    b = check_matrix(b, "b")
+    a = check_informative(a, "a")
+    b = check_informative(b, "b")
     check_same_shape(a, b, ("a", "b"))
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ._validation import check_weight_map, json_float
+from ._validation import check_weight_map, drop_degenerate, json_float
 
 __all__ = [
     "RELATIONS",
@@ -540,7 +540,11 @@ def classify_relation(
     """
     a = check_weight_map(a, "a")
     b = check_weight_map(b, "b")
-    notes: list[str] = []
+    (a, b), degenerate = drop_degenerate(a, b)
+    if not a or not b:
+        return RelationEvidence("unknown", 0.0, None, None, None, False, False, None, None,
+                                degenerate + ("no informative tensor left: no relation can be typed",))
+    notes: list[str] = list(degenerate)
     qa, qb = is_quantized(a, dtypes_a), is_quantized(b, dtypes_b)
     dist = relative_distance(a, b)
     inv = invariant_distance(a, b)
@@ -645,6 +649,9 @@ def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
         raise ValueError(f"parents: expected at least one WeightMap, got {len(parents)}")
     child = check_weight_map(child, "child")
     ps = [check_weight_map(p, f"parents[{i}]") for i, p in enumerate(parents)]
+    (child, *ps), degenerate = drop_degenerate(child, *ps, names=("child", *(f"parents[{i}]" for i in range(len(ps)))))
+    if not child:
+        raise ValueError(f"child and parents: expected informative tensors, got only degenerate ones ({degenerate[0]})")
     keys = [k for k in sorted(child, key=str) if k[0] in _IDENTITY and all(k in p and p[k].shape == child[k].shape for p in ps)]
     if not keys:
         raise ValueError("child and parents: expected shared identity tensors of equal shape, got none")

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._validation import check_choice, check_matrix, check_optional_positive_int, check_rng, json_float
+from ._validation import check_choice, check_informative, check_matrix, check_optional_positive_int, check_rng, json_float
 from .matching import sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
 
 __all__ = [
@@ -180,6 +180,8 @@ def match_consistency_test(
         )
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
+    for view, label in ((x.a, "x.a"), (x.b, "x.b"), (y.a, "y.a"), (y.b, "y.b")):
+        check_informative(view, label)  # tied activations make any matching look like the identity
     swapped = x.n_units > y.n_units
     rows_m, cols_m = (y, x) if swapped else (x, y)
     if rows_m.n_units < 3:

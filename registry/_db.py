@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
@@ -53,12 +55,50 @@ def _alembic_config(connection):
     return cfg
 
 
+#: Key of the PostgreSQL advisory lock that serialises migrations ("mothertr").
+_MIGRATION_LOCK = 0x6D6F746865727472
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations between processes opening the same database.
+
+    SQLite: an exclusive ``flock`` on ``<database>.migrate.lock`` beside the
+    file. PostgreSQL: the caller takes ``pg_advisory_xact_lock`` inside the
+    migration's own transaction (see :func:`upgrade`). Losers wait, then find
+    the schema migrated and have nothing to do.
+    """
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield
+        return
+    lock_path = Path(url.database).with_name(Path(url.database).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; SQLite's own locking is all there is
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
-    """Apply migrations up to ``revision``; returns the revision now current."""
+    """Apply migrations up to ``revision``; returns the revision now current.
+
+    Safe when several processes open a fresh database at once: migrations
+    are serialised (a file lock on SQLite, an advisory lock on PostgreSQL).
+    """
     from alembic import command
 
     try:
-        with engine.begin() as conn:
+        with _migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             command.upgrade(_alembic_config(conn), revision)
     except Exception as exc:  # connection refused, permission, corrupt file
         raise RegistryError(
@@ -74,7 +114,9 @@ def downgrade(engine: Engine, revision: str) -> str | None:
     from alembic.util import CommandError
 
     try:
-        with engine.begin() as conn:
+        with _migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             command.downgrade(_alembic_config(conn), revision)
     except CommandError as exc:  # unknown revision, or one above the current one
         raise RegistryError(

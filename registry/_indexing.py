@@ -188,6 +188,7 @@ def plan_reindex(conn: Connection, *, device: str = "auto") -> ReindexPlan:
         bytes_to_read=sum(int(b) for _, b in missing),
         device=device,
         _execute=lambda plan: _execute_reindex(conn, plan),
+        drift=conn.vectors.drift(),
     )
 
 
@@ -211,7 +212,7 @@ def _execute_reindex(conn: Connection, plan: ReindexPlan) -> ReindexReport:
             s.add_all(fingerprint_rows(model_id, fingerprinter.finish()))
         done.append(name)
     indexes = conn.vectors.rebuild()
-    return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems))
+    return ReindexReport(indexes=indexes, fingerprinted=tuple(done), warnings=tuple(problems), repaired=plan.drift)
 
 
 def _vector_rows(rows: Iterable[Fingerprint]) -> list[tuple[int, str, str, "np.ndarray"]]:

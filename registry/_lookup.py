@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ._candidates import CandidatesResult, find_candidates, fingerprint_from_rows
 from ._connection import Connection
-from ._schema import Fingerprint, Model
+from ._schema import Fingerprint, Model, Tensor
 from .errors import ModelNotFoundError, RegistryError
 
 __all__ = ["name_for", "stored_candidates", "path_candidates"]
@@ -42,6 +42,12 @@ def stored_candidates(conn: Connection, name: str, *, k: int = 10) -> Candidates
         model = conn.model_row(s, name)
         rows = list(s.scalars(select(Fingerprint).where(Fingerprint.model_id == model.id)))
         if not rows:
+            shapes = list(s.scalars(select(Tensor.shape).where(Tensor.model_id == model.id, Tensor.part != "buffer")))
+            if not any(isinstance(sh, list) and len(sh) == 2 and 0 not in sh for sh in shapes):
+                raise RegistryError(
+                    f"Model '{name}' has no fingerprints: none of its {len(shapes)} learned tensor(s) is a "
+                    "non-empty 2-D weight matrix, so there is nothing to compare it by"
+                )
             raise RegistryError(
                 f"Model '{name}' has no fingerprints (indexed before they existed). "
                 "Compute them with: mothertree reindex"

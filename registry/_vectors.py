@@ -51,7 +51,9 @@ from ._schema import Fingerprint
 if TYPE_CHECKING:
     import faiss
 
-__all__ = ["VectorStore", "IndexInfo", "IndexPlan", "ReindexPlan", "ReindexReport", "FLAT_LIMIT", "Key"]
+__all__ = [
+    "VectorStore", "IndexInfo", "IndexPlan", "IndexDrift", "ReindexPlan", "ReindexReport", "FLAT_LIMIT", "Key",
+]
 
 #: Largest index searched exactly; beyond it, IVF.
 FLAT_LIMIT = 100_000
@@ -104,18 +106,53 @@ class IndexPlan:
 
 
 @dataclass(frozen=True)
+class IndexDrift:
+    """An index file that disagrees with SQL: ids SQL has that the file lacks, and the reverse.
+
+    ``problem`` is ``"missing file"``, ``"unreadable file"``, ``"wrong dimension"``
+    or ``"ids differ"``.
+    """
+
+    kind: str
+    level: str
+    dim: int
+    path: str
+    problem: str
+    sql_rows: int
+    file_ids: int
+    missing_ids: int
+    extra_ids: int
+
+    def __str__(self) -> str:
+        return (
+            f"{Path(self.path).name}: {self.problem} (SQL has {self.sql_rows} rows, the file {self.file_ids} ids; "
+            f"{self.missing_ids} missing, {self.extra_ids} extra)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "level": self.level, "dim": self.dim, "path": self.path, "problem": self.problem,
+            "sql_rows": self.sql_rows, "file_ids": self.file_ids, "missing_ids": self.missing_ids,
+            "extra_ids": self.extra_ids,
+        }
+
+
+@dataclass(frozen=True)
 class ReindexReport:
     """What a reindex did; ``warnings`` name the models it could not fingerprint."""
 
     indexes: tuple[IndexInfo, ...]
     fingerprinted: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: Files that disagreed with SQL before the rebuild (now repaired).
+    repaired: tuple[IndexDrift, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "indexes": [i.to_dict() for i in self.indexes],
             "fingerprinted": list(self.fingerprinted),
             "warnings": list(self.warnings),
+            "repaired": [d.to_dict() for d in self.repaired],
         }
 
 
@@ -142,6 +179,8 @@ class ReindexPlan:
     bytes_to_read: int
     device: str
     _execute: Callable[["ReindexPlan"], ReindexReport] = field(repr=False, compare=False)
+    #: Index files whose ids disagree with SQL now (:meth:`VectorStore.drift`); the rebuild repairs them.
+    drift: tuple[IndexDrift, ...] = ()
 
     def execute(self) -> ReindexReport:
         return self._execute(self)
@@ -152,6 +191,7 @@ class ReindexPlan:
             "unfingerprinted": list(self.unfingerprinted),
             "bytes_to_read": self.bytes_to_read,
             "device": self.device,
+            "drift": [d.to_dict() for d in self.drift],
         }
 
 
@@ -333,6 +373,36 @@ class VectorStore:
         self.rebuild(key, reason=why)
         return self._loaded[key]
 
+    def drift(self) -> tuple[IndexDrift, ...]:
+        """Compare every index file's ids with SQL's, repairing nothing (``reindex --dry-run``).
+
+        Reads the files as they are on disk, not the in-memory copies, so a
+        file left behind by a crash between the SQL commit and the file write
+        shows up here. Files of keys SQL no longer has count as drift too.
+        """
+        out = []
+        keys = set(self.keys())
+        on_disk = {_key_of(p) for p in (self.home.glob("*.faiss") if self.home.is_dir() else ()) if _is_index_name(p)}
+        for key in sorted(keys | on_disk):
+            with self._sessions() as s:
+                sql_ids = self._sql_ids(s, key)
+            path = self.path(key)
+            index = self._read(key)
+            if index is None:
+                if len(sql_ids) == 0:
+                    continue
+                problem = "missing file" if not path.exists() else "unreadable file"
+                out.append(IndexDrift(*key, str(path), problem, len(sql_ids), 0, len(sql_ids), 0))
+                continue
+            ids = np.sort(_index_ids(index))
+            missing = int(np.setdiff1d(sql_ids, ids, assume_unique=True).size)
+            extra = int(np.setdiff1d(ids, sql_ids).size)
+            if index.d != key[2]:
+                out.append(IndexDrift(*key, str(path), "wrong dimension", len(sql_ids), len(ids), missing, extra))
+            elif missing or extra or len(ids) != len(sql_ids):
+                out.append(IndexDrift(*key, str(path), "ids differ", len(sql_ids), len(ids), missing, extra))
+        return tuple(out)
+
     def check(self) -> tuple[IndexInfo, ...]:
         """Verify every index against SQL now (repairing as needed)."""
         return tuple(self.info(k) for k in self.keys())
@@ -446,6 +516,11 @@ class VectorStore:
         if ids:
             s.execute(delete(Fingerprint).where(Fingerprint.model_id == model_id))
         return ids
+
+
+def _is_index_name(path: Path) -> bool:
+    parts = path.stem.split("-")
+    return len(parts) == 3 and parts[2].isdigit()
 
 
 def _key_of(path: Path) -> Key:

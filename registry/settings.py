@@ -10,7 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Setting", "SETTINGS", "get", "registry_home", "default_db_url", "forward_max_params", "max_memory", "debug"]
+__all__ = [
+    "Setting", "SETTINGS", "get", "registry_home", "default_db_url", "forward_max_params", "max_memory", "debug",
+    "sql_timeout_ms", "sql_max_rows", "sql_role",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Memory budget of one process (bytes, or with a K/M/G/T suffix, e.g. 6G): bounds the weight and "
         "activation caches; work that cannot fit gets a clear error instead of an OOM kill. "
         "Default: half of the machine's RAM.",
+    ),
+    Setting(
+        "MOTHERTREE_SQL_TIMEOUT_MS",
+        "10000",
+        "Time limit of one `mothertree sql` / `report` query, in milliseconds (statement_timeout on "
+        "PostgreSQL, a progress-handler check on SQLite); the query is stopped with an error.",
+    ),
+    Setting(
+        "MOTHERTREE_SQL_MAX_ROWS",
+        "10000",
+        "Most rows one `mothertree sql` / `report` query returns; more are cut and the result is marked truncated.",
+    ),
+    Setting(
+        "MOTHERTREE_SQL_ROLE",
+        "mothertree_reader",
+        "PostgreSQL role user SQL runs as (SET ROLE): it may only SELECT the registry's tables. "
+        "Migration 0005 creates it; the connecting user must be a member (GRANT mothertree_reader TO user).",
     ),
     Setting(
         "MOTHERTREE_WEBHOOK_SECRET",
@@ -123,3 +143,32 @@ def max_memory() -> int:
 
 def debug() -> bool:
     return get("MOTHERTREE_DEBUG") not in (None, "", "0")
+
+
+def _positive_int(name: str) -> int:
+    value = get(name) or ""
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return n
+
+
+def sql_timeout_ms() -> int:
+    """Time limit of one user query (``MOTHERTREE_SQL_TIMEOUT_MS``)."""
+    return _positive_int("MOTHERTREE_SQL_TIMEOUT_MS")
+
+
+def sql_max_rows() -> int:
+    """Row limit of one user query (``MOTHERTREE_SQL_MAX_ROWS``)."""
+    return _positive_int("MOTHERTREE_SQL_MAX_ROWS")
+
+
+def sql_role() -> str:
+    """PostgreSQL role user SQL runs as (``MOTHERTREE_SQL_ROLE``)."""
+    role = get("MOTHERTREE_SQL_ROLE") or "mothertree_reader"
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"MOTHERTREE_SQL_ROLE: expected a plain role name (letters, digits, _), got {role!r}")
+    return role

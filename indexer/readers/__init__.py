@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "WeightSource", "TensorInfo", "SAFETENSORS_DTYPES", "open_source", "read_header", "iter_tensors", "model_paths",
+    "WeightSource", "TensorInfo", "SAFETENSORS_DTYPES", "open_source", "read_header", "iter_tensors", "model_paths", "contained_path",
 ]
 
 _INDEXES = {
@@ -66,13 +66,54 @@ class WeightSource:
         return sum(os.path.getsize(f) for f in self.files)
 
 
+def _allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where a model folder's files may really live: the folder, and for a
+    Hugging Face cache snapshot (``models--x/snapshots/<rev>``) the repo's ``blobs/``."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return tuple(roots)
+
+
+def contained_path(folder: Path, name: str, *, what: str) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder`` (symlinks followed).
+
+    ``name`` must be relative without ``..`` parts, and the file it resolves to
+    must lie inside the folder or, for a cache snapshot, inside the repo's ``blobs/``.
+
+    Raises
+    ------
+    UnreadableWeightsError
+        For an absolute name, a ``..`` escape or a symlink out of the folder.
+    """
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\\" in name or "\0" in name:
+        raise UnreadableWeightsError(
+            folder, f"{what} {name!r} is not a plain relative path inside the model folder: refused"
+        )
+    target = folder / name
+    real = target.resolve()
+    if not any(real == r or r in real.parents for r in _allowed_roots(folder)):
+        raise UnreadableWeightsError(
+            target, f"{what} resolves to {real}, outside the model folder {folder}: refused"
+        )
+    return target
+
+
 def _resolve_cache_repo(path: Path) -> Path:
     """``models--org--name`` -> the snapshot its ``refs/main`` names (or the only one)."""
     snapshots = path / "snapshots"
     ref = path / "refs" / "main"
     if ref.is_file():
-        snap = snapshots / ref.read_text().strip()
+        rev = ref.read_text().strip()
+        if not rev or "/" in rev or "\\" in rev or rev in (".", "..") or any(ord(c) < 32 for c in rev):
+            raise UnreadableWeightsError(
+                ref, f"refs/main holds {rev[:80]!r}, not a revision name: refused (it must name a snapshot)"
+            )
+        snap = snapshots / rev
         if snap.is_dir():
+            if snap.resolve().parent != snapshots.resolve():
+                raise UnreadableWeightsError(ref, f"snapshot {rev} resolves outside {snapshots}: refused")
             return snap
     found = sorted(p for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
     if len(found) == 1:
@@ -102,7 +143,7 @@ def _shards(index_path: Path) -> tuple[str, ...]:
         raise UnreadableWeightsError(index_path, "weight_map is not a mapping of tensor names to shard files")
     files = []
     for shard in dict.fromkeys(weight_map.values()):
-        f = index_path.parent / shard
+        f = contained_path(index_path.parent, shard, what=f"shard listed in {index_path.name}")
         if not f.is_file():
             raise UnreadableWeightsError(
                 f, f"shard listed in {index_path.name} is missing: re-download the model or its shard"
@@ -179,11 +220,12 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     packed = "gptq" if _gptq.quantization_config(config) else None
     for index, fmt in _INDEXES.items():
         if (p / index).is_file():
+            contained_path(p, index, what="shard index")
             return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, _shards(p / index),
                                 True, config)
     for single, fmt in _SINGLES.items():
         if (p / single).is_file():
-            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, (str(p / single),),
+            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, (str(contained_path(p, single, what="weight file")),),
                                 False, config)
     if (p / _peft.ADAPTER_CONFIG).is_file():
         # A PEFT adapter: indexed as a model of kind ``adapter`` (its effective update).
@@ -193,7 +235,7 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         raise UnreadableWeightsError(
             p / _peft.ADAPTER_CONFIG, f"adapter config without weights: expected {' or '.join(_peft.ADAPTER_FILES)}"
         )
-    loose = sorted(str(f) for f in p.glob("*.safetensors"))
+    loose = sorted(str(contained_path(p, f.name, what="weight file")) for f in p.glob("*.safetensors"))
     if loose:
         return WeightSource(str(p), packed or "safetensors", tuple(loose), len(loose) > 1, config)
     onnxs = sorted(p.glob("*.onnx"))

@@ -23,6 +23,31 @@ if TYPE_CHECKING:
 __all__ = ["read_header", "iter_tensors"]
 
 _MAX_HEADER = 100_000_000
+#: Most dimensions a tensor may declare (real weights have at most 5 or so).
+MAX_NDIM = 8
+#: Largest dimension an empty tensor may declare. A non-empty tensor's
+#: dimensions are bounded by the bytes it occupies; an empty one occupies
+#: none, so without this a 477-byte file can declare ``[2**40, 0]``.
+MAX_EMPTY_DIM = (1 << 31) - 1
+_MAX_NAME = 1024
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """``json`` object hook: JSON allows repeated keys (last wins); a header must not."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _parse(path: Path) -> tuple[dict, int]:
@@ -41,9 +66,15 @@ def _parse(path: Path) -> tuple[dict, int]:
             )
         raw = fh.read(n)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise UnreadableWeightsError(
+            path, f"header names '{exc.args[0]}' twice: refusing an ambiguous header"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnreadableWeightsError(path, f"header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UnreadableWeightsError(path, "header JSON is nested too deeply: not a safetensors header") from None
     if not isinstance(header, dict):
         raise UnreadableWeightsError(path, "header is not a JSON object")
     return header, size - 8 - n
@@ -64,22 +95,43 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     spans = []
     for name, entry in header.items():
         if name == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise UnreadableWeightsError(path, "__metadata__ is not a JSON object of strings")
             continue
+        if not name or len(name) > _MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise UnreadableWeightsError(
+                path, f"tensor name {_short(repr(name))} is empty, over {_MAX_NAME} characters "
+                "or holds control characters"
+            )
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise UnreadableWeightsError(path, "entry lacks dtype/shape/data_offsets", tensor=name)
         dtype = entry["dtype"]
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            shown = dtype if isinstance(dtype, str) else f"{type(dtype).__name__} value"
             raise UnreadableWeightsError(
                 path,
-                f"unknown dtype '{dtype}' (known: {', '.join(SAFETENSORS_DTYPES)})",
+                f"unknown dtype '{_short(shown)}' (known: {', '.join(SAFETENSORS_DTYPES)})",
                 tensor=name,
             )
         shape, offsets = entry["shape"], entry["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise UnreadableWeightsError(path, f"shape {shape!r} is not a list of non-negative integers", tensor=name)
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise UnreadableWeightsError(path, f"data_offsets {offsets!r} is not a [begin, end] pair of integers",
-                                         tensor=name)
+        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+            raise UnreadableWeightsError(
+                path, f"shape {_short(repr(shape))} is not a list of non-negative integers", tensor=name
+            )
+        if len(shape) > MAX_NDIM:
+            raise UnreadableWeightsError(
+                path, f"shape has {len(shape)} dimensions, more than the {MAX_NDIM} any weight has", tensor=name
+            )
+        if 0 in shape and max(shape) > MAX_EMPTY_DIM:
+            raise UnreadableWeightsError(
+                path,
+                f"empty tensor declares a dimension of {max(shape)} (over {MAX_EMPTY_DIM}): not a real shape",
+                tensor=name,
+            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise UnreadableWeightsError(
+                path, f"data_offsets {_short(repr(offsets))} is not a [begin, end] pair of integers", tensor=name
+            )
         shape = tuple(shape)
         begin, end = offsets
         numel = 1
@@ -106,7 +158,28 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise UnreadableWeightsError(path, f"tensors '{n0}' and '{n1}' overlap in the data buffer")
+    # safetensors itself requires the tensors to tile the data buffer exactly:
+    # a gap or trailing bytes mean the header does not describe the file.
+    pos = 0
+    for begin, end, n in spans:
+        if begin != pos:
+            raise UnreadableWeightsError(
+                path, f"data_offsets start at byte {begin} but the previous tensor ends at {pos}: "
+                "the header leaves a gap in the data buffer", tensor=n,
+            )
+        pos = end
+    if pos != data_len:
+        raise UnreadableWeightsError(
+            path, f"the tensors cover {pos} data bytes but the file holds {data_len}: "
+            "the header does not describe the whole file"
+        )
     return infos
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A header value for an error message: one line, at most ``limit`` characters."""
+    text = text.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def iter_tensors(
@@ -124,4 +197,11 @@ def iter_tensors(
             for name in names if names is not None else list(fh.keys()):
                 yield name, fh.get_tensor(name)
     except SafetensorError as exc:
-        raise UnreadableWeightsError(path, f"safetensors could not read it ({exc})") from None
+        raise UnreadableWeightsError(path, f"safetensors could not read it ({_short(str(exc), 200)})") from None
+    except (RuntimeError, OSError, MemoryError) as exc:
+        # mmap of a (sparse) file larger than the address space or memory limit
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnreadableWeightsError(
+            path, f"could not map the tensor data into memory ({_short(first, 200)}); "
+            "the file is larger than this machine can map"
+        ) from None

@@ -37,7 +37,7 @@ def load_state(path: Path) -> dict[str, "torch.Tensor"]:
         # zip format (torch >= 1.6) supports it, older pickles load in memory.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _unpickler_reason(str(exc))
         raise UnsafePickleError(
             path,
             f"refused to unpickle: the file needs code beyond plain tensors ({first}). "
@@ -53,6 +53,17 @@ def load_state(path: Path) -> dict[str, "torch.Tensor"]:
     ):
         raise UnreadableWeightsError(path, "expected a mapping of parameter names to tensors")
     return obj
+
+
+def _unpickler_reason(message: str) -> str:
+    """What the weights-only unpickler objected to, without torch's hint on loading unsafely."""
+    _, sep, rest = message.partition("WeightsUnpickler error:")
+    if sep:
+        reason = rest.split("Check the documentation")[0]
+        reason = " ".join(reason.split())
+        if reason:
+            return reason
+    return "an object that is not a plain tensor"
 
 
 def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
