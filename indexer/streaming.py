@@ -161,6 +161,11 @@ class StreamingWeightMap(Mapping):
     # -- reading -----------------------------------------------------------
     def _raw(self, name: str) -> "torch.Tensor":
         info = self._infos[name]
+        if self.source.format not in ("safetensors", "bin"):
+            # GGUF, GPTQ/AWQ, ONNX, PEFT: the format's own reader dequantizes (or rebuilds) the tensor
+            from .readers import iter_tensors
+
+            return next(iter_tensors(self.source, {name: info}))[1]
         with self._lock:
             handle = self._handles.get(info.file)
             if handle is None:

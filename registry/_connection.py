@@ -33,8 +33,8 @@ class Connection:
         if upgrade and _db.current_revision(self.engine) != _db.head_revision():
             from ._open import refuse_foreign
 
-            refuse_foreign(self.engine, force=force)  # never add tables to someone else's database
-            _db.upgrade(self.engine)
+            # never add tables to someone else's database (checked under the migration lock)
+            _db.upgrade(self.engine, check=lambda: refuse_foreign(self.engine, force=force))
         #: FAISS indexes over the ``fingerprints`` table (checked against SQL on first use).
         self.vectors = VectorStore(self._sessions, self.home)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
@@ -87,11 +87,14 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> str | None:
+def upgrade(engine: Engine, revision: str = "head", *, check: Callable[[], None] | None = None) -> str | None:
     """Apply migrations up to ``revision``; returns the revision now current.
 
     Safe when several processes open a fresh database at once: migrations
     are serialised (a file lock on SQLite, an advisory lock on PostgreSQL).
+    ``check`` runs inside that lock before anything is applied (e.g. "is this
+    someone else's database?"), so it never sees another process's half-done
+    migration; an exception it raises is passed through unchanged.
     """
     from alembic import command
 
@@ -99,7 +102,11 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
         with _migration_lock(engine), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            if check is not None:
+                check()
             command.upgrade(_alembic_config(conn), revision)
+    except RegistryError:
+        raise
     except Exception as exc:  # connection refused, permission, corrupt file
         raise RegistryError(
             f"Could not migrate the database at {engine.url.render_as_string()}: {exc}. "
