@@ -421,13 +421,18 @@ def _ggml_quantized(dtype: str) -> bool:
     return dtype[:1] == "Q" or dtype[:2] in ("IQ", "TQ") or dtype in ("MXFP4", "NVFP4")
 
 
+def declares_quantized(dtypes: Sequence[str]) -> bool:
+    """True when the storage format itself says the weights are quantized (int8, fp8, GGUF block types)."""
+    return any(d in ("I8", "U8", "F8_E4M3", "F8_E5M2") or _ggml_quantized(d) for d in dtypes)
+
+
 def is_quantized(w: WeightMap, dtypes: Sequence[str] = ()) -> bool:
     """True when the weights were stored in or rounded to a low-precision grid.
 
     A quantized storage dtype (int8, fp8) decides at once; otherwise the
     median :func:`grid_residual` over the identity tensors must be on a grid.
     """
-    if any(d in ("I8", "U8", "F8_E4M3", "F8_E5M2") or _ggml_quantized(d) for d in dtypes):
+    if declares_quantized(dtypes):
         return True
     res = [grid_residual(t) for k, t in w.items() if k[0] in _IDENTITY]
     res = [r for r in res if not math.isnan(r)]
@@ -580,6 +585,13 @@ def classify_relation(
             if violations <= _ROUNDING_VIOLATIONS and spread >= _ROUNDING_SPREAD:
                 return RelationEvidence(
                     "quantized", 0.95, qside, dist, _opt(inv), qa, qb, None, None, (note,), conv,
+                )
+            if declares_quantized(dtypes_a if qa else dtypes_b):
+                # Block formats (GGUF K/legacy quants, GPTQ/AWQ groups) carry grids our per-row and
+                # per-column views do not see; the file's own declaration is structural evidence.
+                return RelationEvidence(
+                    "quantized", 0.7, qside, dist, _opt(inv), qa, qb, None, None,
+                    (note + "; not conclusive, but the file declares quantized storage",), conv,
                 )
             notes.append(note.replace("rounds onto it", "does not round onto it:"))
     notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
