@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,6 +67,41 @@ def find_mlp_modules(model: nn.Module, family: str) -> dict[int, dict[str, nn.Mo
     return dict(sorted(found.items()))
 
 
+def _no_forward_pass(folder: Path, problem: str, cause: Exception | None = None) -> UnreadableWeightsError:
+    """The error of a model we cannot run: it says to fall back to the weights-only tests."""
+    err = UnreadableWeightsError(folder, f"cannot build a forward pass: {problem}; use the weights-only independence tests")
+    err.__cause__ = cause
+    return err
+
+
+def _model_class(folder: Path) -> tuple[Any, str, Any]:
+    """A model folder's transformers config, role-map family and auto class (causal LM, else base model)."""
+    fail = partial(_no_forward_pass, folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise fail("no config.json in the folder")
+    try:
+        raw_config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise fail(f"config.json is not valid JSON ({e})", e) from e
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress goes to stderr; transformers' per-load bars would drown it.
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
+    family = detect_family(raw_config, ())
+    if family == "unknown":
+        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
+    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
+        else AutoModel
+    return config, family, auto
+
+
 def load_forward_model(path: str | Path) -> ForwardModel:
     """Build the ``transformers`` model stored in the folder ``path``.
 
@@ -81,37 +117,8 @@ def load_forward_model(path: str | Path) -> ForwardModel:
         MLP block can be located. The message says to use the weights-only tests.
     """
     folder = Path(path)
-    config_path = folder / "config.json"
-
-    def fail(problem: str, cause: Exception | None = None) -> UnreadableWeightsError:
-        err = UnreadableWeightsError(
-            folder, f"cannot build a forward pass: {problem}; use the weights-only independence tests"
-        )
-        err.__cause__ = cause
-        return err
-
-    if not config_path.is_file():
-        raise fail("no config.json in the folder")
-    try:
-        raw_config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise fail(f"config.json is not valid JSON ({e})", e) from e
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    # Our own progress goes to stderr; transformers' per-load bars would drown it.
-    hf_logging.disable_progress_bar()
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as e:
-        raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
-    family = detect_family(raw_config, ())
-    if family == "unknown":
-        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
-    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
-        else AutoModel
+    fail = partial(_no_forward_pass, folder)
+    config, family, auto = _model_class(folder)
     try:
         model = auto.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False, weights_only=True, dtype=torch.float32
@@ -308,35 +315,8 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
     from .streaming import StreamingWeightMap
 
     folder = Path(path)
-    config_path = folder / "config.json"
-
-    def fail(problem: str, cause: Exception | None = None) -> UnreadableWeightsError:
-        err = UnreadableWeightsError(
-            folder, f"cannot build a forward pass: {problem}; use the weights-only independence tests"
-        )
-        err.__cause__ = cause
-        return err
-
-    if not config_path.is_file():
-        raise fail("no config.json in the folder")
-    try:
-        raw_config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise fail(f"config.json is not valid JSON ({e})", e) from e
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as e:
-        raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
-    family = detect_family(raw_config, ())
-    if family == "unknown":
-        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
-    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
-        else AutoModel
+    fail = partial(_no_forward_pass, folder)
+    config, family, auto = _model_class(folder)
     weights = weights if weights is not None else StreamingWeightMap(folder)
     try:
         with _parameters_on_meta():
