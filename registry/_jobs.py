@@ -376,16 +376,26 @@ def work(
         try:
             result = runner(reg, job)
         except (MothertreeError, OSError, ValueError, RuntimeError) as exc:
-            lease.stop()
-            fail(reg, job, _message(exc))
+            done.append(_settle(reg, job, lease, error=_message(exc), progress=progress))
         else:
-            lease.stop()
-            finish(reg, job, result)
-        final = get_job(reg, job.id)
-        done.append(final)
-        if progress is not None:
-            progress(final)
+            done.append(_settle(reg, job, lease, result=result, progress=progress))
     return WorkReport(worker, tuple(done))
+
+
+def _settle(
+    reg: "Registry", job: JobView, lease: "_Lease", *, result: dict[str, Any] | None = None,
+    error: str | None = None, progress: Callable[[JobView], None] | None = None,
+) -> JobView:
+    """End a claimed job: stop renewing its lease, record the error or the result, report it."""
+    lease.stop()
+    if error is not None:
+        fail(reg, job, error)
+    else:
+        finish(reg, job, result or {})
+    final = get_job(reg, job.id)
+    if progress is not None:
+        progress(final)
+    return final
 
 
 def wait_for(reg: "Registry", job_id: int, *, timeout_s: float = 60.0, poll_s: float = 0.2) -> JobView:
@@ -496,16 +506,10 @@ def work_ray(
                     _sync_vectors(reg, model)  # FAISS from SQL: the task wrote rows only
                     result = place(reg, model, status)
                 except Exception as exc:  # a task's error arrives wrapped by Ray
-                    lease.stop()
                     cause = getattr(exc, "cause", None) or exc
-                    fail(reg, job, _message(cause))
+                    done.append(_settle(reg, job, lease, error=_message(cause), progress=progress))
                 else:
-                    lease.stop()
-                    finish(reg, job, result)
-                final = get_job(reg, job.id)
-                done.append(final)
-                if progress is not None:
-                    progress(final)
+                    done.append(_settle(reg, job, lease, result=result, progress=progress))
     finally:
         for job, lease in inflight.values():  # interrupted: the leases lapse and the jobs are re-run
             lease.stop()
