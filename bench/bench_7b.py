@@ -9,7 +9,7 @@ mapped file pages are page cache and do not count) and peak ``VmRSS`` polled
 from ``/proc/<pid>/status``:
 
 1. ``index BASE``;
-2. ``ancestry CHILD`` (indexes the child and places it as a new upload);
+2. ``ancestry CHILD --add`` (indexes the child and places it as a new upload);
 3. ``test BASE CHILD`` (blocks read, log10 p);
 4. ``resolve --full`` (re-tests and re-places the pair);
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cold_read_child"] = cold_read(child)
     steps = [
         ("index_base", [exe, "index", str(base), "--name", "base", "--json"]),
-        ("ancestry_child", [exe, "ancestry", str(child), "--json"]),
+        ("ancestry_child", [exe, "ancestry", str(child), "--add", "--json"]),
         ("test", [exe, "test", "base", "child", "--json"]),
         ("resolve_full", [exe, "resolve", "--full", "--json"]),
     ]

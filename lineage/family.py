@@ -32,6 +32,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 
 import networkx as nx
 
+from ._views import Renumbered, shape_of, typing_view
 from .direction import Direction, DirectionSignals, norm_growth_fraction, orient
 from .relations import (
     MergeFit, RelationEvidence, classify_relation, containment_ratio, invariant_distance, merge_fit, relative_distance,
@@ -218,7 +219,7 @@ def pair_evidence(
         declared = 1 if fa.name in fb.declared_base_models else -1 if fb.name in fa.declared_base_models else 0
         sig = DirectionSignals(
             created_a=fa.created_at, created_b=fb.created_at, declared=declared, structural_child=rel.child_side,
-            kurtosis_a=fa.attn_kurtosis, kurtosis_b=fb.attn_kurtosis, norm_growth=norm_growth_fraction(wa, wb),
+            kurtosis_a=fa.attn_kurtosis, kurtosis_b=fb.attn_kurtosis, norm_growth=norm_growth_fraction(*typing_view(wa, wb)),
         )
         direction = orient(sig)
         out[(a, b)] = _Pair(PairEvidence(a, b, d, direction.log_odds, rel.relation), rel, sig, direction)
@@ -331,29 +332,24 @@ def _rank(f: ModelFacts, key: Key) -> tuple:
     return (created if created.tzinfo else created.replace(tzinfo=timezone.utc), len(f.name), key)
 
 
-def align_blocks(wa: WeightMap, wb: WeightMap, block_map: Sequence[tuple[int, int]]) -> tuple[dict, dict]:
+def align_blocks(wa: WeightMap, wb: WeightMap, block_map: Sequence[tuple[int, int]]) -> tuple[Mapping, Mapping]:
     """Renumber the blocks of both models onto the localization map ``(block_a, block_b)``.
+
+    Lazy views: nothing is read until a statistic asks for a tensor.
 
     Examples
     --------
     >>> a = {("mlp.up", 0): "a0", ("mlp.up", 1): "a1"}
     >>> b = {("mlp.up", 0): "b0", ("mlp.up", 2): "b2"}
-    >>> align_blocks(a, b, [(1, 2)])
+    >>> ra, rb = align_blocks(a, b, [(1, 2)])
+    >>> dict(ra), dict(rb)
     ({('mlp.up', 0): 'a1'}, {('mlp.up', 0): 'b2'})
     """
-    ra, rb = {}, {}
-    for i, (ba, bb) in enumerate(block_map):
-        for (role, blk), t in wa.items():
-            if blk == ba:
-                ra[(role, i)] = t
-        for (role, blk), t in wb.items():
-            if blk == bb:
-                rb[(role, i)] = t
-    return ra, rb
+    return Renumbered(wa, [ba for ba, _ in block_map]), Renumbered(wb, [bb for _, bb in block_map])
 
 
 def _shapes(w: WeightMap) -> dict:
-    return {k: tuple(t.shape) for k, t in w.items()}
+    return {k: shape_of(w, k) for k in w}
 
 
 def _nanmin(*xs: float | None) -> float | None:

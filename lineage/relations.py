@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from ._validation import check_weight_map, drop_degenerate, json_float
+from ._views import shape_of, typing_view
 
 __all__ = [
     "RELATIONS",
@@ -53,7 +54,8 @@ __all__ = [
 
 RELATIONS: tuple[str, ...] = ("duplicate", "quantized", "adapter", "pruned", "merge", "finetune", "unknown")
 
-WeightMap = Mapping[tuple[str, "int | None"], torch.Tensor]
+Key = tuple[str, "int | None"]
+WeightMap = Mapping[Key, torch.Tensor]
 
 #: Invariant distance above which a permuted copy is not even looked for: a
 #: necessary condition only (a permutation leaves the invariant products
@@ -65,20 +67,23 @@ _ON_GRID = 0.08
 _IDENTITY = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "mlp.in", "mlp.out")
 
 
-def _shared(a: WeightMap, b: WeightMap, roles: Sequence[str] = _IDENTITY) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [
-        (a[k].float(), b[k].float())
-        for k in sorted(a, key=str)
-        if k in b and k[0] in roles and a[k].shape == b[k].shape
-    ]
+def _shared_keys(a: WeightMap, b: WeightMap, roles: Sequence[str] = _IDENTITY) -> list[Key]:
+    """Identity keys both maps hold with equal shapes (from the headers when the maps are lazy)."""
+    return [k for k in sorted(a, key=str) if k in b and k[0] in roles and shape_of(a, k) == shape_of(b, k)]
 
 
-def _pooled_distance(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def _pairs(a: WeightMap, b: WeightMap, keys: Sequence[Key]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(a[k], b[k])`` in float32, one pair at a time: a lazy map is never held whole."""
+    for k in keys:
+        yield a[k].float(), b[k].float()
+
+
+def _pooled_distance(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Frobenius distance pooled over tensor pairs, over their mean squared norm; ``nan`` if none."""
-    if not pairs:
-        return float("nan")
-    num = sum(float((x - y).pow(2).sum()) for x, y in pairs)
-    den = sum(0.5 * (float(x.pow(2).sum()) + float(y.pow(2).sum())) for x, y in pairs)
+    num = den = 0.0
+    for x, y in pairs:
+        num += float((x - y).pow(2).sum())
+        den += 0.5 * (float(x.pow(2).sum()) + float(y.pow(2).sum()))
     return math.sqrt(num / den) if den > 0 else float("nan")
 
 
@@ -87,7 +92,7 @@ def relative_distance(a: WeightMap, b: WeightMap) -> float:
 
     Returns ``nan`` when the models share no tensor of equal shape.
     """
-    return _pooled_distance(_shared(a, b))
+    return _pooled_distance(_pairs(a, b, _shared_keys(a, b)))
 
 
 #: Columns of the seeded probe through which invariant products are compared:
@@ -121,9 +126,9 @@ def _invariants(w: WeightMap) -> dict[tuple[str, int | None], torch.Tensor]:
                 out[("mlp.down_gate", b)] = probed(w[("mlp.down", b)], w[("mlp.gate", b)])
         if ("mlp.out", b) in w and ("mlp.in", b) in w:
             out[("mlp.out_in", b)] = probed(w[("mlp.out", b)], w[("mlp.in", b)])
-        if ("attn.o", b) in w and ("attn.v", b) in w and w[("attn.o", b)].shape[1] == w[("attn.v", b)].shape[0]:
+        if ("attn.o", b) in w and ("attn.v", b) in w and shape_of(w, ("attn.o", b))[1] == shape_of(w, ("attn.v", b))[0]:
             out[("attn.ov", b)] = probed(w[("attn.o", b)], w[("attn.v", b)])
-        if ("attn.q", b) in w and ("attn.k", b) in w and w[("attn.q", b)].shape == w[("attn.k", b)].shape:
+        if ("attn.q", b) in w and ("attn.k", b) in w and shape_of(w, ("attn.q", b)) == shape_of(w, ("attn.k", b)):
             out[("attn.qk", b)] = probed(w[("attn.q", b)].T, w[("attn.k", b)])
     return out
 
@@ -242,15 +247,15 @@ def conversion_check(a: WeightMap, b: WeightMap, *, permutations: bool = True) -
     """
     a = check_weight_map(a, "a")
     b = check_weight_map(b, "b")
-    pairs = _shared(a, b)
-    total = sum(x.numel() for x, _ in pairs)
+    keys = _shared_keys(a, b)
+    total = sum(math.prod(shape_of(a, k)) for k in keys)
     if not total:
         return ConversionCheck("exact", None, False, 1.0, 0)
     candidates = [("exact", None)] + [(m, side) for m in _CASTS for side in ("b", "a")]
     counts = {c: 0 for c in candidates}
     permuted = {c: False for c in candidates}
     budget = CONVERSION_MISMATCH * total
-    for x, y in pairs:
+    for x, y in _pairs(a, b, keys):
         if torch.equal(x, y):
             continue
         for c in candidates:
@@ -293,16 +298,16 @@ def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> 
     >>> containment_ratio(g, p, s)
     0.5
     """
-    grand = check_weight_map(grand, "grand")
-    parent = check_weight_map(parent, "parent")
-    child = check_weight_map(child, "child")
+    grand, parent, child = typing_view(
+        check_weight_map(grand, "grand"), check_weight_map(parent, "parent"), check_weight_map(child, "child"),
+    )
     num = den = 0.0
     for k in sorted(grand, key=str):
         if k[0] not in _IDENTITY or k not in parent or k not in child:
             continue
-        g, p, c = grand[k], parent[k], child[k]
-        if not (g.shape == p.shape == c.shape):
+        if not (shape_of(grand, k) == shape_of(parent, k) == shape_of(child, k)):
             continue
+        g, p, c = grand[k], parent[k], child[k]
         dp = (p.float() - g.float()).double()
         num += float((dp * (c.float() - g.float()).double()).sum())
         den += float(dp.pow(2).sum())
@@ -518,7 +523,7 @@ def _blocks(w: WeightMap) -> int:
 
 
 def _width(w: WeightMap) -> int:
-    return max((t.shape[0] for k, t in w.items() if k[0] in ("mlp.up", "mlp.in")), default=0)
+    return max((shape_of(w, k)[0] for k in w if k[0] in ("mlp.up", "mlp.in")), default=0)
 
 
 def classify_relation(
@@ -529,6 +534,11 @@ def classify_relation(
     dtypes_b: Sequence[str] = (),
 ) -> RelationEvidence:
     """Type the derivation between two models already shown to be dependent.
+
+    Structure (depth, width) comes from the full maps' keys and shapes; the
+    measurements from every tensor of in-memory maps, and from
+    :data:`~._views.TYPING_BLOCKS` evenly spread blocks of lazily read ones,
+    one tensor pair at a time, so typing a 7B pair holds a few matrices.
 
     Parameters
     ----------
@@ -550,10 +560,11 @@ def classify_relation(
         return RelationEvidence("unknown", 0.0, None, None, None, False, False, None, None,
                                 degenerate + ("no informative tensor left: no relation can be typed",))
     notes: list[str] = list(degenerate)
+    nb_a, nb_b, wa, wb = _blocks(a), _blocks(b), _width(a), _width(b)
+    a, b = typing_view(a, b)
     qa, qb = is_quantized(a, dtypes_a), is_quantized(b, dtypes_b)
     dist = relative_distance(a, b)
     inv = invariant_distance(a, b)
-    nb_a, nb_b, wa, wb = _blocks(a), _blocks(b), _width(a), _width(b)
     if (nb_a, wa) != (nb_b, wb):
         smaller = "a" if (nb_a, wa) < (nb_b, wb) else "b"
         notes.append(f"blocks {nb_a} vs {nb_b}, MLP width {wa} vs {wb}")
@@ -573,38 +584,56 @@ def classify_relation(
             "duplicate", 0.99, conv.lower_side, dist, _opt(inv), qa, qb, 0.0, 0.0, tuple(notes), conv,
         )
     if qa != qb:
-        qside, (gq, gs) = ("a", (a, b)) if qa else ("b", (b, a))
-        checks = [rounds_onto_grid(gq[k], gs[k]) for k in sorted(gq, key=str)
-                  if k[0] in _IDENTITY and k in gs and gq[k].shape == gs[k].shape]
-        checks = checks[:: max(1, len(checks) // 16)]
-        if checks:
-            violations = sum(v for v, _ in checks) / len(checks)
-            spread = sorted(sp for _, sp in checks)[len(checks) // 2]
-            note = (f"{qside} lies on a low-precision grid; the other side rounds onto it "
-                    f"with {violations:.2e} violations and a median rounding error of {spread:.3f} steps")
-            if violations <= _ROUNDING_VIOLATIONS and spread >= _ROUNDING_SPREAD:
-                return RelationEvidence(
-                    "quantized", 0.95, qside, dist, _opt(inv), qa, qb, None, None, (note,), conv,
-                )
-            if declares_quantized(dtypes_a if qa else dtypes_b):
-                # Block formats (GGUF K/legacy quants, GPTQ/AWQ groups) carry grids our per-row and
-                # per-column views do not see; the file's own declaration is structural evidence.
-                return RelationEvidence(
-                    "quantized", 0.7, qside, dist, _opt(inv), qa, qb, None, None,
-                    (note + "; not conclusive, but the file declares quantized storage",), conv,
-                )
-            notes.append(note.replace("rounds onto it", "does not round onto it:"))
+        quantized = _quantized_evidence(a, b, qa, dtypes_a if qa else dtypes_b, dist, inv, conv)
+        if isinstance(quantized, RelationEvidence):
+            return quantized
+        if quantized:
+            notes.append(quantized)
     notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
-    pairs = _shared(a, b)
-    changed = [(x, y) for x, y in pairs if float((y - x).norm()) > 1e-6 * float(x.norm())]
-    changed_fraction = len(changed) / len(pairs)
+    return _dense_or_low_rank(a, b, qa, qb, dist, inv, conv, notes)
+
+
+def _quantized_evidence(
+    a: WeightMap, b: WeightMap, qa: bool, dtypes_q: Sequence[str], dist: float, inv: float, conv: ConversionCheck,
+) -> RelationEvidence | str | None:
+    """``quantized`` evidence when the off-grid side rounds onto the grid side, else a note why not."""
+    qside, (gq, gs) = ("a", (a, b)) if qa else ("b", (b, a))
+    keys = _shared_keys(gq, gs)
+    keys = keys[:: max(1, len(keys) // 16)]
+    checks = [rounds_onto_grid(gq[k], gs[k]) for k in keys]
+    if not checks:
+        return None
+    violations = sum(v for v, _ in checks) / len(checks)
+    spread = sorted(sp for _, sp in checks)[len(checks) // 2]
+    note = (f"{qside} lies on a low-precision grid; the other side rounds onto it "
+            f"with {violations:.2e} violations and a median rounding error of {spread:.3f} steps")
+    if violations <= _ROUNDING_VIOLATIONS and spread >= _ROUNDING_SPREAD:
+        return RelationEvidence("quantized", 0.95, qside, dist, _opt(inv), qa, not qa, None, None, (note,), conv)
+    if declares_quantized(dtypes_q):
+        # Block formats (GGUF K/legacy quants, GPTQ/AWQ groups) carry grids our per-row and
+        # per-column views do not see; the file's own declaration is structural evidence.
+        return RelationEvidence(
+            "quantized", 0.7, qside, dist, _opt(inv), qa, not qa, None, None,
+            (note + "; not conclusive, but the file declares quantized storage",), conv,
+        )
+    return note.replace("rounds onto it", "does not round onto it:")
+
+
+def _dense_or_low_rank(
+    a: WeightMap, b: WeightMap, qa: bool, qb: bool, dist: float, inv: float, conv: ConversionCheck, notes: list[str],
+) -> RelationEvidence:
+    """``adapter`` when the change is low rank where there is one, else ``finetune``."""
+    keys = _shared_keys(a, b)
+    changed = [k for k, (x, y) in zip(keys, _pairs(a, b, keys)) if float((y - x).norm()) > 1e-6 * float(x.norm())]
+    changed_fraction = len(changed) / len(keys)
     # The median over an evenly spaced subset of at most 16 changed tensors.
     sample = changed[:: max(1, len(changed) // 16)]
-    ranks = sorted(_delta_rank_fraction(x, y) for x, y in sample)
+    ranks = sorted(_delta_rank_fraction(x, y) for x, y in _pairs(a, b, sample))
     rank = ranks[len(ranks) // 2] if ranks else 0.0
     if changed and rank <= 0.25:
         notes.append(f"weight difference has median rank fraction {rank:.3f} on {len(changed)} changed tensors")
-        return RelationEvidence("adapter", 0.9 if changed_fraction < 1 else 0.75, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes), conv)
+        return RelationEvidence("adapter", 0.9 if changed_fraction < 1 else 0.75, None, dist, _opt(inv), qa, qb,
+                                changed_fraction, rank, tuple(notes), conv)
     return RelationEvidence("finetune", 0.8, None, dist, _opt(inv), qa, qb, changed_fraction, rank, tuple(notes), conv)
 
 
@@ -664,13 +693,15 @@ def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
     (child, *ps), degenerate = drop_degenerate(child, *ps, names=("child", *(f"parents[{i}]" for i in range(len(ps)))))
     if not child:
         raise ValueError(f"child and parents: expected informative tensors, got only degenerate ones ({degenerate[0]})")
-    keys = [k for k in sorted(child, key=str) if k[0] in _IDENTITY and all(k in p and p[k].shape == child[k].shape for p in ps)]
+    child, *ps = typing_view(child, *ps)
+    keys = [k for k in sorted(child, key=str)
+            if k[0] in _IDENTITY and all(k in p and shape_of(p, k) == shape_of(child, k) for p in ps)]
     if not keys:
         raise ValueError("child and parents: expected shared identity tensors of equal shape, got none")
     # Least squares on an evenly strided subsample of at most ``_MERGE_SAMPLE``
     # elements: the mixing weights are a handful of numbers, and a 7B model
     # must not be copied into one float64 vector per parent.
-    total = sum(child[k].numel() for k in keys)
+    total = sum(math.prod(shape_of(child, k)) for k in keys)
     stride = max(1, total // _MERGE_SAMPLE)
 
     def flat(w: WeightMap) -> torch.Tensor:
