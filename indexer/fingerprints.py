@@ -92,7 +92,7 @@ SEED = 0x6D7472
 #: Indices per seeded projection chunk.
 CHUNK = 4096
 #: Largest slice of a matrix converted to float32 at once.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 22
 #: Largest matrix side that gets a sketch: its projection costs ``32 * 4`` bytes
 #: per index (256 MiB at this limit), far above any real vocabulary or width.
 MAX_SKETCH_DIM = 1 << 21
@@ -202,7 +202,12 @@ class ModelFingerprint:
 
 
 class _Projections:
-    """Seeded Gaussian projections, prefix-stable, cached per axis on one device."""
+    """Seeded Gaussian projections, prefix-stable, cached per axis on one device.
+
+    Each is kept with one extra all-ones row (left) or column (right): one
+    matrix product then gives the sketch and the row and column sums that
+    double centring needs, instead of separate passes over the weights.
+    """
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -210,6 +215,11 @@ class _Projections:
 
     def get(self, axis: str, n: int) -> "torch.Tensor":
         """Rows ``(ROWS, n)`` for axis ``"left"``, ``(n, COLS)`` for ``"right"``."""
+        aug = self.augmented(axis, n)
+        return aug[:ROWS] if axis == "left" else aug[:, :COLS]
+
+    def augmented(self, axis: str, n: int) -> "torch.Tensor":
+        """``(ROWS + 1, n)`` for ``"left"`` (last row ones), ``(n, COLS + 1)`` for ``"right"`` (last column ones)."""
         import torch
 
         if not 0 <= n <= MAX_SKETCH_DIM:
@@ -222,7 +232,8 @@ class _Projections:
                 g = torch.Generator(device="cpu")
                 g.manual_seed(_chunk_seed(axis, c))
                 width = ROWS if axis == "left" else COLS
-                chunks.append(torch.randn(width, CHUNK, generator=g, dtype=torch.float32))
+                chunk = torch.randn(width, CHUNK, generator=g, dtype=torch.float32)
+                chunks.append(torch.cat([chunk, torch.ones(1, CHUNK)]))
             # have_n is always a multiple of CHUNK, so whole chunks are appended.
             new = torch.cat(chunks, dim=1).to(self.device)
             if axis == "right":
@@ -241,21 +252,20 @@ def _rows_per_chunk(cols: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(cols, 1))
 
 
-def _finish(
-    core: "torch.Tensor",
-    a_rowmean: "torch.Tensor",
-    colmean: "torch.Tensor",
-    grand: "torch.Tensor",
-    A: "torch.Tensor",
-    B: "torch.Tensor",
-) -> np.ndarray:
-    """``A·X·B`` of the double-centred ``X`` from ``A·X·B``, ``A·rowmean`` and ``colmean``.
+def _finish(full: "torch.Tensor", shape: tuple[int, int], A: "torch.Tensor", B: "torch.Tensor") -> np.ndarray:
+    """The unit sketch ``A·C(X)·B`` of the double-centred ``X`` from the augmented ``[A; 1ᵀ]·X·[B, 1]``.
 
+    ``full`` is ``[[AXB, AX1], [1ᵀXB, 1ᵀX1]]``; with ``r = X1/n_in`` (row
+    means), ``m = Xᵀ1/n_out`` (column means) and ``g`` the grand mean,
     ``A (X - r1ᵀ - 1mᵀ + g11ᵀ) B = AXB - (Ar)(1ᵀB) - (A1)(mᵀB) + g(A1)(1ᵀB)``.
     """
+    n_out, n_in = shape
     a1 = A.sum(dim=1)
     b1 = B.sum(dim=0)
-    s = core - a_rowmean[:, None] * b1[None, :] - a1[:, None] * (colmean @ B)[None, :]
+    a_rowmean = full[:ROWS, COLS] / n_in
+    colmean_b = full[ROWS, :COLS] / n_out
+    grand = full[ROWS, COLS] / (n_out * n_in)
+    s = full[:ROWS, :COLS] - a_rowmean[:, None] * b1[None, :] - a1[:, None] * colmean_b[None, :]
     s = s + grand * a1[:, None] * b1[None, :]
     v = s.reshape(-1).double().cpu().numpy()
     norm = np.linalg.norm(v)
@@ -267,6 +277,10 @@ def aligned_sketch(
     weight: "torch.Tensor", *, device: str = "cpu", projections: _Projections | None = None
 ) -> np.ndarray:
     """Unit sketch ``A · C(W) · B`` of one matrix (``C`` double-centres).
+
+    One pass over ``W`` in row chunks, each converted to float32 once and
+    multiplied by the augmented left projection ``[A; 1ᵀ]``: the product holds
+    ``A·W`` and the column sums; the row sums come out of ``(A·W)·1``.
 
     Parameters
     ----------
@@ -294,23 +308,14 @@ def aligned_sketch(
         raise ValueError(f"aligned_sketch expects a 2-D matrix, got shape {tuple(weight.shape)}")
     proj = projections or _Projections(device)
     out, inn = weight.shape
-    A = proj.get("left", out)
-    B = proj.get("right", inn)
-    core = torch.zeros(ROWS, inn, device=device)
-    a_rowmean = torch.zeros(ROWS, device=device)
-    colsum = torch.zeros(inn, device=device, dtype=torch.float64)
+    A = proj.augmented("left", out)
+    B = proj.augmented("right", inn)
+    core = torch.zeros(ROWS + 1, inn, device=device)  # [A; 1ᵀ]·W
     step = _rows_per_chunk(inn)
-    # Sums are matrix-vector products: BLAS is several times faster than reductions here.
-    ones_in = torch.ones(inn, device=device)
-    ones_rows = torch.ones(min(step, out), device=device)
     for i in range(0, out, step):
         w = weight[i : i + step].to(device=device, dtype=torch.float32)
-        a = A[:, i : i + step]
-        core += a @ w
-        a_rowmean += a @ (w @ ones_in) / inn
-        colsum += (ones_rows[: w.shape[0]] @ w).double()
-    colmean = (colsum / out).float()
-    return _finish(core @ B, a_rowmean, colmean, colmean.mean(), A, B)
+        core.addmm_(A[:, i : i + step], w)
+    return _finish(core @ B, (out, inn), A[:ROWS], B[:, :COLS])
 
 
 def product_sketch(
@@ -322,9 +327,10 @@ def product_sketch(
 ) -> np.ndarray:
     """Unit sketch of ``P = left · right`` with its diagonal removed, double-centred.
 
-    ``P`` is never formed: ``A·P·B = Σ_chunks (A·L[:, c]) (R[c, :]·B)`` over
-    chunks ``c`` of the inner (hidden) dimension, and the diagonal, row and
-    column sums come from the same chunks.
+    ``P`` is never formed: ``[A; 1ᵀ]·P·[B, 1] = Σ_c ([A; 1ᵀ]·L[:, c]) (R[c, :]·[B, 1])``
+    over chunks ``c`` of the inner (hidden) dimension gives the sketch and the
+    row, column and grand sums in two matrix products per chunk; the diagonal
+    comes from the same chunks.
 
     Parameters
     ----------
@@ -345,33 +351,24 @@ def product_sketch(
     proj = projections or _Projections(device)
     d_out, h = left.shape
     d_in = right.shape[1]
-    A = proj.get("left", d_out)
-    B = proj.get("right", d_in)
+    A = proj.augmented("left", d_out)
+    B = proj.augmented("right", d_in)
     square = d_out == d_in
-    core = torch.zeros(ROWS, COLS, device=device)
-    rowsum = torch.zeros(d_out, device=device, dtype=torch.float64)  # P·1
-    colsum = torch.zeros(d_in, device=device, dtype=torch.float64)  # 1ᵀ·P
+    full = torch.zeros(ROWS + 1, COLS + 1, device=device)
     diag = torch.zeros(d_out if square else 0, device=device, dtype=torch.float64)
     step = _rows_per_chunk(max(d_out, d_in))
-    ones_out = torch.ones(d_out, device=device)
-    ones_in = torch.ones(d_in, device=device)
     for i in range(0, h, step):
         l = left[:, i : i + step].to(device=device, dtype=torch.float32)
         # R's rows stay as stored: no transposed copy (it cost a fifth of the time).
         r = right[i : i + step].to(device=device, dtype=torch.float32)
-        core += (A @ l) @ (r @ B)
-        rowsum += (l @ (r @ ones_in)).double()
-        colsum += ((ones_out @ l) @ r).double()
+        full.addmm_(A @ l, r @ B)
         if square:
             diag += (l * r.T).sum(dim=1).double()
     if square:
-        core -= (A * diag.float()[None, :]) @ B
-        rowsum -= diag
-        colsum -= diag
-    a_rowmean = A @ (rowsum / d_in).float()
-    colmean = (colsum / d_out).float()
-    grand = (rowsum.sum() / (d_out * d_in)).float()
-    return _finish(core, a_rowmean, colmean, grand, A, B)
+        # remove the diagonal from the sketch and from the row, column and grand sums
+        d = diag.float()
+        full -= (A * d[None, :]) @ B
+    return _finish(full, (d_out, d_in), A[:ROWS], B[:, :COLS])
 
 
 class Fingerprinter:

@@ -19,6 +19,8 @@ __all__ = ["TensorStats", "tensor_statistics", "tensor_digest", "SAMPLE_SIZE"]
 
 #: Elements sampled (evenly strided) for the distinct-value count.
 SAMPLE_SIZE = 65_536
+#: Elements converted to float32 at once for the moments (4 MiB: stays in cache).
+_MOMENT_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,26 @@ def tensor_statistics(t: "torch.Tensor") -> TensorStats:
     distinct = int(torch.unique(sample).numel())
     if not (flat.is_floating_point() or flat.dtype.is_complex):
         flat = flat.to(torch.float64)
-    x = flat.float()
-    mean = float(x.mean())
-    d = x - mean
-    d2 = d * d
-    m2 = float(d2.mean())
-    m4 = float((d2 * d2).mean())
+    # Moments in one chunked pass about a pilot mean from the sample: shifting
+    # by a value near the mean keeps the power sums free of cancellation (norm
+    # weights sit near 1 with a spread of 1e-2), and chunks keep the float32
+    # working copy small and in cache instead of four full-size temporaries.
+    shift = float(sample.float().mean())
+    s1 = s2 = s3 = s4 = 0.0
+    for i in range(0, n, _MOMENT_CHUNK):
+        d = flat[i : i + _MOMENT_CHUNK].float() - shift
+        d2 = d * d
+        s1 += float(d.sum(dtype=torch.float64))
+        s2 += float(d2.sum(dtype=torch.float64))
+        s3 += float(torch.dot(d2, d))
+        s4 += float(torch.dot(d2, d2))
+    delta = s1 / n  # the mean's offset from the shift
+    m2 = s2 / n - delta * delta
+    m4 = s4 / n - 4 * delta * s3 / n + 6 * delta * delta * s2 / n - 3 * delta ** 4
+    mean = shift + delta
     kurt = m4 / (m2 * m2) - 3.0 if m2 > 0 else float("nan")
-    return TensorStats(_finite(mean), _finite(math.sqrt(m2)), _finite(kurt), distinct, int(sample.numel()))
+    return TensorStats(_finite(mean), _finite(math.sqrt(max(m2, 0.0))), _finite(kurt), distinct,
+                       int(sample.numel()))
 
 
 def tensor_digest(t: "torch.Tensor") -> str:

@@ -32,6 +32,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     file: str
     size_bytes: int
+    #: Absolute byte offset of the tensor's data in ``file``, where the format has one place for it.
+    offset: int | None = None
 
     @property
     def numel(self) -> int:

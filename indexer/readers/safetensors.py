@@ -1,9 +1,11 @@
 """safetensors reader: validated headers, tensors read lazily one at a time.
 
-The header is parsed and checked here (offsets, sizes, dtypes) before
-``safe_open`` maps the file, so a truncated file or a header whose offsets lie
+The header is parsed and checked here (offsets, sizes, dtypes) before any
+tensor byte is read, so a truncated file or a header whose offsets lie
 produces one clear error naming the file and the tensor, not a crash deep in
-a later stage.
+a later stage. Tensors are then read at their validated offsets, one ahead of
+the caller (indexing); ``indexer/streaming.py`` memory-maps the same files
+for random access.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     """
     path = Path(path)
     header, data_len = _parse(path)
+    start = os.path.getsize(path) - data_len  # the data buffer follows the 8-byte length and the header
     infos: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in header.items():
@@ -153,7 +156,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                 tensor=name,
             )
         spans.append((begin, end, name))
-        infos[name] = TensorInfo(name, dtype, shape, str(path), end - begin)
+        infos[name] = TensorInfo(name, dtype, shape, str(path), end - begin, offset=start + begin)
     spans.sort()
     for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
@@ -185,23 +188,49 @@ def _short(text: str, limit: int = 80) -> str:
 def iter_tensors(
     path: str | os.PathLike, names: Iterable[str] | None = None
 ) -> Iterator[tuple[str, "torch.Tensor"]]:
-    """Yield ``(name, tensor)`` one at a time from a memory map.
+    """Yield ``(name, tensor)`` one at a time, reading the next tensor while the caller works on this one.
 
-    Peak memory stays at one tensor: each is materialised only when yielded.
+    Each tensor is read with ``pread`` into its own buffer (the read releases
+    the GIL), on a reader thread that stays one tensor ahead: the disk and the
+    caller's computation overlap, and at most two tensors are in memory. The
+    header was validated first (:func:`read_header`), so every read lies
+    inside the file.
     """
-    from safetensors import SafetensorError, safe_open
+    from concurrent.futures import ThreadPoolExecutor
 
     path = Path(path)
+    infos = read_header(path)
+    order = list(names) if names is not None else sorted(infos, key=lambda n: infos[n].offset or 0)
+    unknown = [n for n in order if n not in infos]
+    if unknown:
+        raise UnreadableWeightsError(path, f"no tensor named '{_short(unknown[0])}' in the file")
+    with open(path, "rb", buffering=0) as fh, ThreadPoolExecutor(1, thread_name_prefix="mothertree-read") as pool:
+        ahead = pool.submit(_read, fh.fileno(), path, infos[order[0]]) if order else None
+        for i, name in enumerate(order):
+            tensor = ahead.result()
+            ahead = pool.submit(_read, fh.fileno(), path, infos[order[i + 1]]) if i + 1 < len(order) else None
+            yield name, tensor
+
+
+def _read(fd: int, path: Path, info: TensorInfo) -> "torch.Tensor":
+    """One tensor's bytes, read from ``fd`` at its offset, as a tensor of its dtype and shape."""
+    import torch
+
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            for name in names if names is not None else list(fh.keys()):
-                yield name, fh.get_tensor(name)
-    except SafetensorError as exc:
-        raise UnreadableWeightsError(path, f"safetensors could not read it ({_short(str(exc), 200)})") from None
-    except (RuntimeError, OSError, MemoryError) as exc:
-        # mmap of a (sparse) file larger than the address space or memory limit
+        buf = torch.empty(info.size_bytes, dtype=torch.uint8)
+    except (RuntimeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UnreadableWeightsError(
-            path, f"could not map the tensor data into memory ({_short(first, 200)}); "
-            "the file is larger than this machine can map"
+            path, f"could not allocate {info.size_bytes:,} bytes for the tensor ({_short(first, 200)}); "
+            "the tensor is larger than this machine's memory", tensor=info.name,
         ) from None
+    view = memoryview(buf.numpy()) if info.size_bytes else memoryview(b"")
+    done = 0
+    while done < info.size_bytes:
+        n = os.preadv(fd, [view[done:]], info.offset + done)
+        if n <= 0:
+            raise UnreadableWeightsError(path, "the file ended before the tensor's data: truncated while reading",
+                                         tensor=info.name)
+        done += n
+    dtype = getattr(torch, SAFETENSORS_DTYPES[info.dtype][0])
+    return buf.view(dtype).reshape(info.shape)
