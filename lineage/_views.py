@@ -22,7 +22,7 @@ Key = tuple[str, "int | None"]
 #: dense or low-rank change, growing norms), so a spread sample of blocks sees
 #: it; what differs in single blocks (depth pruning, reinitialised layers) is
 #: found by the localization of the independence test, which reads them all.
-TYPING_BLOCKS = 4
+TYPING_BLOCKS = 3
 
 
 def shape_of(weights: Mapping, key: Key) -> tuple[int, ...]:
