@@ -38,6 +38,7 @@ from .errors import MothertreeError
 
 if TYPE_CHECKING:
     from ._registry import Registry
+    from ._resolve import PairRunner
 
 __all__ = [
     "JobView",
@@ -295,13 +296,18 @@ def index_target(reg: "Registry", job: JobView | dict[str, Any]) -> tuple[str | 
     return r.repo_id, r.status
 
 
-def place(reg: "Registry", model: str | None, status: str, *, resolve: bool = True) -> dict[str, Any]:
-    """Resolve the new model into the lineage graph and describe its parents."""
+def place(
+    reg: "Registry", model: str | None, status: str, *, resolve: bool = True, pair_runner: "PairRunner | None" = None,
+) -> dict[str, Any]:
+    """Resolve the new model into the lineage graph and describe its parents.
+
+    ``pair_runner`` runs the candidate pair tests elsewhere (Ray tasks); their rows are written here.
+    """
     out: dict[str, Any] = {"model": model, "status": status}
     if model is None:
         return out
     if resolve:
-        rep = reg.resolve()
+        rep = reg.resolve(pair_runner=pair_runner)
         out["pairs_tested"] = rep.pairs_tested
     view = reg.ancestry(model)
     out["parents"] = sorted({e.parent for e in view.edges if e.child == model})
@@ -456,29 +462,29 @@ def work_ray(
     worker: str | None = None,
     progress: Callable[[JobView], None] | None = None,
 ) -> WorkReport:
-    """Like :func:`work`, with each job's download, reading and fingerprinting run as a Ray task.
+    """Like :func:`work`, with each job's download, reading and fingerprinting, and its pair tests, run as Ray tasks.
 
     The driver (this process) claims jobs and holds their leases; up to
-    ``parallel`` (default: the cluster's CPUs) tasks run at once, each
-    requesting one GPU when the cluster has GPUs. A task commits its model's
-    rows in one transaction (PostgreSQL for a multi-machine cluster; each task
-    opens its own connection) and never touches FAISS. The driver then brings
-    the FAISS files up to date from SQL, places the model (``resolve``: its
-    pair tests run in the driver) and marks the job done.
+    ``parallel`` (default: the cluster's CPUs) indexing tasks run at once, each
+    requesting one GPU when the cluster has GPUs. An indexing task commits its
+    model's rows in one transaction (PostgreSQL for a multi-machine cluster;
+    each task opens its own connection) and never touches FAISS. The driver
+    then brings the FAISS files up to date from SQL and places the model
+    (``resolve``): its candidate pair tests fan out as Ray tasks
+    (:class:`._ray.RayPairRunner`, one GPU each on a GPU cluster) and the
+    driver writes their rows in one transaction, then solves the family and
+    marks the job done.
 
     Without ``address`` a local Ray is started (``num_cpus`` caps it).
     """
     import ray
 
-    if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=128 * 2**20)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    resources = ray.cluster_resources()
-    task = ray.remote(_index_in_task).options(num_gpus=1 if resources.get("GPU", 0) >= 1 else 0, max_retries=0)
-    slots = parallel or max(1, int(resources.get("CPU", 1)))
+    from ._ray import RayPairRunner, ensure_ray, gpu_options, unwrap
+
+    ensure_ray(address, num_cpus)
+    task = ray.remote(_index_in_task).options(max_retries=0, **gpu_options())
+    pairs = RayPairRunner(reg.home)
+    slots = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
     worker = worker or worker_name()
     stop = stop or threading.Event()
     inflight: dict[Any, tuple[JobView, _Lease]] = {}
@@ -504,10 +510,9 @@ def work_ray(
                 try:
                     model, status = ray.get(ref)
                     _sync_vectors(reg, model)  # FAISS from SQL: the task wrote rows only
-                    result = place(reg, model, status)
+                    result = place(reg, model, status, pair_runner=pairs)
                 except Exception as exc:  # a task's error arrives wrapped by Ray
-                    cause = getattr(exc, "cause", None) or exc
-                    done.append(_settle(reg, job, lease, error=_message(cause), progress=progress))
+                    done.append(_settle(reg, job, lease, error=_message(unwrap(exc)), progress=progress))
                 else:
                     done.append(_settle(reg, job, lease, result=result, progress=progress))
     finally:

@@ -1,0 +1,71 @@
+"""A placement's candidate pair tests as Ray tasks give the rows and edges of the same tests run in-process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+
+from mothertree.registry import RayPairRunner, Registry
+from mothertree.registry._schema import Edge, Model, PairTest
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a local Ray starts in 10-30 s on the shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def tuned_llama(tiny_models, tmp_path_factory) -> Path:
+    """The tiny Llama, every weight nudged by small seeded noise: a fine-tune of it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = tiny_models["llama"]
+    out = tmp_path_factory.mktemp("tuned") / "llama-tuned"
+    out.mkdir()
+    g = torch.Generator().manual_seed(3)
+    state = {k: (v + 0.02 * v.std() * torch.randn(v.shape, generator=g)).contiguous()
+             for k, v in load_file(src / "model.safetensors").items()}
+    save_file(state, out / "model.safetensors")
+    (out / "config.json").write_text((src / "config.json").read_text())
+    return out
+
+
+def _stored(reg: Registry) -> tuple[dict, set]:
+    """Pair tests by model names (every column but ids and time) and edges by names."""
+    a, b = aliased(Model), aliased(Model)
+    with reg.session() as s:
+        tests = {
+            (na, nb): (t.method, t.statistic, t.p_value_log10, t.q_value_log10, t.dependent, t.details)
+            for t, na, nb in s.execute(
+                select(PairTest, a.name, b.name).join(a, a.id == PairTest.a_id).join(b, b.id == PairTest.b_id)
+            )
+        }
+        edges = {
+            (p, c, e.relation, e.method, e.p_value_log10)
+            for e, p, c in s.execute(
+                select(Edge, a.name, b.name).join(a, a.id == Edge.parent_id).join(b, b.id == Edge.child_id)
+            )
+        }
+    return tests, edges
+
+
+def test_pair_tests_as_ray_tasks_store_what_the_local_path_stores(
+    registry, tiny_models, tuned_llama, local_ray,
+):
+    for name, path in (("base", tiny_models["llama"]), ("other", tiny_models["llama-other"]), ("tuned", tuned_llama)):
+        registry.index_one(path, name=name, device="cpu")
+    local = registry.resolve()
+    tests_local, edges_local = _stored(registry)
+    shutil.rmtree(registry.home / "activations", ignore_errors=True)  # the tasks compute their own
+    said: list[str] = []
+    remote = registry.resolve(full=True, progress=said.append, pair_runner=RayPairRunner(registry.home))
+    assert any("as Ray tasks" in m for m in said), said
+    tests_ray, edges_ray = _stored(registry)
+    assert remote.pairs_tested == local.pairs_tested >= 2
+    assert tests_ray == tests_local
+    assert any(t[4] for t in tests_local.values()) and not all(t[4] for t in tests_local.values())
+    assert edges_ray == edges_local  # direction from the weights alone (no timestamps): either way, the same
+    assert {frozenset((p, c)) for p, c, *_ in edges_local} == {frozenset(("base", "tuned"))}
