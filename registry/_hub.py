@@ -48,6 +48,7 @@ __all__ = [
     "FetchedRepo",
     "fetch_repo",
     "write_fetched",
+    "indexed_sha",
     "RepoFanOut",
 ]
 
@@ -174,7 +175,8 @@ def _row(s, repo_id: str) -> HubRepo | None:
     return s.scalar(select(HubRepo).where(HubRepo.repo_id == repo_id))
 
 
-def _done_sha(reg: "Registry", repo_id: str) -> str | None:
+def indexed_sha(reg: "Registry", repo_id: str) -> str | None:
+    """The sha of the repo's indexed revision (or of one without readable weights); ``None`` when there is none."""
     with reg.session() as s:
         row = _row(s, repo_id)
         return row.sha if row is not None and row.status in DONE else None
@@ -376,7 +378,7 @@ def _index_repo(
     retry: RetryPolicy,
     sleep: Callable[[float], None],
 ) -> HubIndexResult:
-    done = _done_sha(reg, repo_id)
+    done = indexed_sha(reg, repo_id)
     if listed_sha is not None and done == listed_sha:
         return HubIndexResult(repo_id, listed_sha, "skipped")
     fetched = fetch_repo(client, repo_id, revision, done=done, listed_sha=listed_sha, lite=lite, blocks=blocks,
@@ -587,7 +589,7 @@ def _finish_cursor(
 def _index_cached(reg: "Registry", rev: "CachedRevision") -> HubIndexResult:
     from ..indexer.hub import declared_from_card
 
-    if _done_sha(reg, rev.repo_id) == rev.sha:
+    if indexed_sha(reg, rev.repo_id) == rev.sha:
         return HubIndexResult(rev.repo_id, rev.sha, "skipped")
     try:
         result = _index_folder(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator, Iterable
 
-from ._hub import HubIndexResult, RetryPolicy, _done_sha, fetch_repo, write_fetched
+from ._hub import HubIndexResult, RetryPolicy, indexed_sha, fetch_repo, write_fetched
 
 if TYPE_CHECKING:
     from ..indexer.hub import HubClient, HubListing
@@ -79,7 +79,7 @@ class RayFanOut:
 
         try:
             for item in listed:
-                done = _done_sha(reg, item.repo_id)
+                done = indexed_sha(reg, item.repo_id)
                 if item.sha is not None and done == item.sha:  # no request about an unchanged repo
                     yield item, HubIndexResult(item.repo_id, item.sha, "skipped")
                     continue
