@@ -12,8 +12,7 @@ from sqlalchemy.orm import aliased
 from mothertree.registry import RayPairRunner, Registry
 from mothertree.registry._schema import Edge, Model, PairTest
 
-pytest.importorskip("ray")
-pytestmark = pytest.mark.slow  # a local Ray starts in 10-30 s on the shared 2-core machine
+ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +51,16 @@ def _stored(reg: Registry) -> tuple[dict, set]:
     return tests, edges
 
 
+def test_tasks_ask_for_a_gpu_only_on_a_cluster_that_has_one(monkeypatch):
+    from mothertree.registry._ray import gpu_options
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
+    assert gpu_options() == {"num_gpus": 1}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert gpu_options() == {}
+
+
+@pytest.mark.slow  # a local Ray starts in 10-30 s on the shared 2-core machine
 def test_pair_tests_as_ray_tasks_store_what_the_local_path_stores(
     registry, tiny_models, tuned_llama, local_ray,
 ):
