@@ -59,12 +59,12 @@ class RayFanOut:
     ) -> Generator[tuple["HubListing", HubIndexResult], None, None]:
         import ray
 
-        from ._ray import ensure_ray, gpu_options, unwrap
+        from ._ray import client_args, ensure_ray, gpu_options, unwrap
 
         ensure_ray(self.address, self.num_cpus)
         task = ray.remote(_fetch_in_task).options(max_retries=0, **gpu_options())
         slots = self.parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        spec = {"endpoint": client.endpoint, "cache_dir": str(client.cache_dir), "token": client.token}
+        spec = client_args(client)
         inflight: dict[Any, "HubListing"] = {}
 
         def finished() -> Generator[tuple["HubListing", HubIndexResult], None, None]:

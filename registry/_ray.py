@@ -9,12 +9,15 @@ to date from SQL. Tasks never write the registry.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._pairs import PairJob
 from ._weights_cache import WeightsCache
 
-__all__ = ["ensure_ray", "gpu_options", "unwrap", "RayPairRunner"]
+if TYPE_CHECKING:
+    from ..indexer.hub import HubClient
+
+__all__ = ["ensure_ray", "gpu_options", "unwrap", "client_args", "RayPairRunner"]
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -40,6 +43,11 @@ def unwrap(exc: BaseException) -> BaseException:
     """The task's own exception inside the error Ray raises on ``ray.get``."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def client_args(client: "HubClient") -> dict[str, Any]:
+    """Keyword arguments that rebuild ``client`` inside a task: the driver's endpoint, cache folder and token."""
+    return {"endpoint": client.endpoint, "cache_dir": str(client.cache_dir), "token": client.token}
 
 
 #: One weights cache per Ray worker process and registry home: a worker that runs several pair tests

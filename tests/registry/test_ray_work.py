@@ -1,4 +1,5 @@
-"""A placement's candidate pair tests as Ray tasks give the rows and edges of the same tests run in-process."""
+"""Work on Ray: a placement's pair tests as tasks give the rows of the same tests run in-process; a Ray
+worker's tasks read, the driver writes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from mothertree.registry import RayPairRunner, Registry
-from mothertree.registry._schema import Edge, Model, PairTest
+from mothertree.registry._schema import Edge, Fingerprint, Model, PairTest
 
 ray = pytest.importorskip("ray")
 
@@ -78,3 +79,24 @@ def test_pair_tests_as_ray_tasks_store_what_the_local_path_stores(
     assert any(t[4] for t in tests_local.values()) and not all(t[4] for t in tests_local.values())
     assert edges_ray == edges_local  # direction from the weights alone (no timestamps): either way, the same
     assert {frozenset((p, c)) for p, c, *_ in edges_local} == {frozenset(("base", "tuned"))}
+
+
+@pytest.mark.slow
+def test_a_ray_worker_indexes_path_jobs_in_tasks_and_writes_them_itself(
+    registry, tiny_models, tuned_llama, local_ray,
+):
+    from mothertree.registry import jobs
+
+    base, _ = jobs.enqueue(registry, "path", str(tiny_models["llama"]))
+    tuned, _ = jobs.enqueue(registry, "path", str(tuned_llama))
+    report = jobs.work_ray(registry, idle_exit=True, poll_s=0.2)
+    by_id = {j.id: j for j in report.jobs}
+    assert {j.status for j in report.jobs} == {"done"}, [j.error for j in report.jobs]
+    assert by_id[base.id].result["model"] == "llama" and by_id[tuned.id].result["model"] == "llama-tuned"
+    assert by_id[tuned.id].result["pairs_tested"] >= 1
+    edges = {frozenset((e.parent, e.child)) for e in registry.tree().edges}
+    assert edges == {frozenset(("llama", "llama-tuned"))}
+    infos = registry.vectors.check()
+    with registry.session() as s:
+        assert sum(i.vectors for i in infos) == s.scalar(select(func.count()).select_from(Fingerprint))
+    assert registry.vectors.drift() == () and not registry.vectors.notices  # added by the driver, never repaired
