@@ -439,15 +439,14 @@ def _read_in_task(job: dict[str, Any], client: dict[str, Any], done: str | None)
 
 def _write_read(reg: "Registry", job: JobView, read: "ReadModel | FetchedRepo") -> tuple[str | None, str]:
     """Write what a task read: the model's rows in one transaction, then its FAISS vectors."""
-    if job.kind == "path":
-        from ._indexing import write_model
-
-        r = write_model(reg, read)  # type: ignore[arg-type]
-        return r.name, r.status
     from ._hub import write_fetched
+    from ._indexing import ReadModel, write_model
 
+    if isinstance(read, ReadModel):  # a path job
+        r = write_model(reg, read)
+        return r.name, r.status
     spec = f"{job.target}@{job.revision}" if job.revision else job.target
-    return _hub_outcome(write_fetched(reg, read, lite=False), spec)  # type: ignore[arg-type]
+    return _hub_outcome(write_fetched(reg, read, lite=False), spec)
 
 
 def work_ray(
