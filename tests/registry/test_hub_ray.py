@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faiss
 import pytest
-from fakehub import fake_hub, truth  # noqa: F401  (fixtures)
+from fakehub import fake_hub  # noqa: F401  (fixture)
 from sqlalchemy import func, select
 
 from mothertree.indexer.hub import HubClient
@@ -45,7 +45,7 @@ def _assert_faiss_in_step(reg: Registry) -> None:
 
 
 def test_crawl_as_ray_tasks_writes_what_a_crawl_in_one_process_writes(
-    registry, fake_hub, truth, tmp_path, local_ray,
+    registry, fake_hub, tmp_path, local_ray,
 ):
     report = crawl_hub(registry, retry=FAST, fan_out=RayFanOut(parallel=2))
     assert report.complete
