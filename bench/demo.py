@@ -6,6 +6,7 @@ demo calls the registry like any user would.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any, Callable
 
 from ..registry import Registry
 from ..registry.settings import registry_home
-from .zoo import build_zoo
+from .zoo import PRESETS, Zoo, build_zoo, preset_digests
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "demo_models_of", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,24 @@ class DemoResult:
         }
 
 
-def run_demo(workdir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> DemoResult:
+def run_demo(
+    workdir: str | Path | None = None, *, zoo: Zoo | None = None, progress: Callable[[str], None] | None = None,
+) -> DemoResult:
     """Build the demo zoo (cached), index it into a fresh registry and resolve its families.
 
     No timestamps are given to the registry: direction comes from the weights alone.
+    ``zoo``: an already-built zoo of another preset that holds the demo's
+    models weight for weight (the ``test`` zoo does); its demo models are
+    indexed instead of building the demo's own zoo.
     """
     say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else registry_home() / "demo"
     work.mkdir(parents=True, exist_ok=True)
-    say("building the demo model family (tiny transformers, trained for seconds)...")
-    zoo = build_zoo(work / "zoo", preset="demo", progress=say)
+    if zoo is None:
+        say("building the demo model family (tiny transformers, trained for seconds)...")
+        zoo = build_zoo(work / "zoo", preset="demo", progress=say)
+    else:
+        zoo = demo_models_of(zoo)
     db = work / "demo.db"
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
@@ -74,4 +83,17 @@ def run_demo(workdir: str | Path | None = None, *, progress: Callable[[str], Non
     truth = tuple(zoo.edges())
     found = {(e["parent"], e["child"]) for e in tree["edges"]}
     correct = sum((p, c) in found for p, c, _ in truth)
-    return DemoResult(str(db), str(work / "zoo"), tuple(m.name for m in zoo.models), tree, truth, correct, len(truth))
+    return DemoResult(str(db), zoo.root, tuple(m.name for m in zoo.models), tree, truth, correct, len(truth))
+
+
+def demo_models_of(zoo: Zoo) -> Zoo:
+    """The demo's models out of a zoo built by another preset, which must hold them weight for weight."""
+    want = preset_digests("demo")
+    have = preset_digests(zoo.preset) if zoo.preset in PRESETS else {}
+    missing = [n for n, key in want.items() if have.get(n) != key or n not in zoo.names]
+    if missing:
+        raise ValueError(
+            f"the {zoo.preset!r} zoo at {zoo.root} does not hold the demo's models {', '.join(missing)}; "
+            "build the demo's own zoo: run_demo() without zoo"
+        )
+    return dataclasses.replace(zoo, preset="demo", models=tuple(m for m in zoo.models if m.name in want))

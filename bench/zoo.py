@@ -55,6 +55,7 @@ __all__ = [
     "Zoo",
     "build_zoo",
     "build_calibration_roots",
+    "preset_digests",
     "load_zoo",
     "default_zoo_dir",
     "make_corpus_batch",
@@ -427,6 +428,16 @@ def _preset(preset: str) -> tuple[list[_Recipe], _Size]:
                      root_steps=300, ft_steps=80, lora_steps=80)
         return _llama_family() + _gpt2_family(), size
     raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+
+
+def preset_digests(preset: str) -> dict[str, str]:
+    """Each model of ``preset`` with its content key: models of two presets with equal keys have the same weights.
+
+    (The demo's nine models are the ``test`` preset's models of the same names,
+    so a built test zoo holds the demo family: :func:`bench.demo.run_demo` accepts it.)
+    """
+    recipes, size = _preset(preset)
+    return _digests(recipes, size)
 
 
 def _digests(recipes: Sequence[_Recipe], size: _Size) -> dict[str, str]:

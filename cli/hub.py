@@ -92,17 +92,23 @@ def crawl_hub(
     lite: LiteOpt = False,
     blocks: BlocksOpt = 3,
     retries: RetriesOpt = 5,
+    ray: Annotated[bool, typer.Option("--ray", help="Download and fingerprint as Ray tasks; rows are written here.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster for --ray (default: start a local Ray).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", min=1, help="CPUs of a local Ray (default: all).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Index what a hub query lists, skipping unchanged repos; safe to interrupt and rerun.
-    In Python: crawl_hub(reg, author=..., search=...)."""
-    from ..registry import RetryPolicy
+    In Python: crawl_hub(reg, author=..., search=..., fan_out=RayFanOut())."""
+    from ..registry import RayFanOut, RetryPolicy
     from ..registry import crawl_hub as run
 
+    if (ray_address is not None or num_cpus is not None) and not ray:
+        raise typer.BadParameter("--ray-address and --num-cpus need --ray")
     with state(ctx, json_).errors() as st:
         report = run(
             st.registry(create=True), author=author, search=search, filter=filter_, since=_since(since), limit=limit,
             lite=lite, blocks=blocks, retry=RetryPolicy(max_attempts=retries), progress=_progress(st),
+            fan_out=RayFanOut(ray_address, num_cpus=num_cpus) if ray else None,
         )
         st.emit(report.to_dict(), _render(report, st))
 

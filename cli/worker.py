@@ -15,7 +15,7 @@ from ._output import state
 def worker(
     ctx: typer.Context,
     address: Annotated[Optional[str], typer.Argument(help="Ray cluster address for --ray (default: start a local Ray).")] = None,
-    ray: Annotated[bool, typer.Option("--ray", help="Run downloads and fingerprinting as Ray tasks.")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Run downloads, fingerprinting and pair tests as Ray tasks.")] = False,
     lease: Annotated[float, typer.Option(min=1, help="Seconds a job lease lasts (renewed while the job runs).")] = 60.0,
     max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
     idle_exit: Annotated[bool, typer.Option("--idle-exit", help="Stop when no job is queued.")] = False,

@@ -8,11 +8,13 @@ from . import _jobs as jobs
 from . import errors, reports, settings
 from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
+from ._hub_ray import RayFanOut
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary
 from ._naming import hub_ids, validate_name
 from ._open import open_registry
 from ._pairs import PairReport
 from ._queries import EdgeView, LineageView
+from ._ray import RayPairRunner
 from ._registry import Registry
 from ._resolve import ResolvePlan, ResolveReport
 from .errors import MothertreeError
@@ -31,6 +33,7 @@ __all__ = [
     "PairReport",
     "ResolvePlan",
     "ResolveReport",
+    "RayPairRunner",
     "EdgeView",
     "LineageView",
     "HubIndexResult",
@@ -38,6 +41,7 @@ __all__ = [
     "RetryPolicy",
     "index_hub",
     "crawl_hub",
+    "RayFanOut",
     "index_cache",
     "NamedReport",
     "QueryResult",

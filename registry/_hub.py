@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,7 +33,8 @@ from ._schema import CrawlCursor, HubRepo, Model
 from .errors import HubError, MothertreeError, UnsupportedFormatError
 
 if TYPE_CHECKING:
-    from ..indexer.hub import CachedRevision, HubClient
+    from ..indexer.hub import CachedRevision, HubClient, HubListing, HubModelInfo
+    from ._indexing import ReadModel
     from ._registry import Registry
 
 __all__ = [
@@ -44,6 +45,11 @@ __all__ = [
     "index_hub",
     "crawl_hub",
     "index_cache",
+    "FetchedRepo",
+    "fetch_repo",
+    "write_fetched",
+    "indexed_sha",
+    "RepoFanOut",
 ]
 
 #: Statuses of ``hub_repos`` rows that need no further work while the sha stays the same
@@ -137,6 +143,20 @@ class HubReport:
 Progress = Callable[[HubIndexResult], None]
 
 
+class RepoFanOut(Protocol):
+    """How a crawl fetches and reads its listed repos elsewhere (Ray tasks: :class:`._hub_ray.RayFanOut`).
+
+    It writes each repo here through :func:`write_fetched` (one transaction
+    per repo) and yields every listed repo with its result, in the order they
+    finish; it reads ``listed`` lazily, so the crawl still stops at its watermark.
+    """
+
+    def __call__(
+        self, reg: "Registry", client: "HubClient", listed: Iterable["HubListing"], *, lite: bool, blocks: int,
+        retry: RetryPolicy,
+    ) -> Generator[tuple["HubListing", HubIndexResult], None, None]: ...
+
+
 def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` means the default branch."""
     repo, sep, rev = spec.partition("@")
@@ -155,7 +175,8 @@ def _row(s, repo_id: str) -> HubRepo | None:
     return s.scalar(select(HubRepo).where(HubRepo.repo_id == repo_id))
 
 
-def _done_sha(reg: "Registry", repo_id: str) -> str | None:
+def indexed_sha(reg: "Registry", repo_id: str) -> str | None:
+    """The sha of the repo's indexed revision (or of one without readable weights); ``None`` when there is none."""
     with reg.session() as s:
         row = _row(s, repo_id)
         return row.sha if row is not None and row.status in DONE else None
@@ -235,23 +256,47 @@ def _index_folder(reg: "Registry", folder: Path, *, name: str, created_at: datet
     )
 
 
-def _index_repo(
-    reg: "Registry",
+@dataclass(frozen=True)
+class FetchedRepo:
+    """One repo revision downloaded and read, nothing written: what :func:`fetch_repo` hands the writer.
+
+    Plain data, so a Ray task can return it. ``status`` is ``read`` (with
+    ``read`` set), ``failed`` or ``unsupported`` (with ``error``), or
+    ``skipped`` (the sha was already indexed).
+    """
+
+    repo_id: str
+    sha: str | None
+    tries: int
+    info: "HubModelInfo | None" = None
+    read: "ReadModel | None" = None
+    transferred: int = 0
+    size: int | None = None
+    num_parameters: int | None = None
+    status: str = "skipped"
+    error: str | None = None
+
+
+def fetch_repo(
     client: "HubClient",
     repo_id: str,
     revision: str | None,
     *,
+    done: str | None,
     listed_sha: str | None,
     lite: bool,
     blocks: int,
     retry: RetryPolicy,
-    sleep: Callable[[float], None],
-) -> HubIndexResult:
+    sleep: Callable[[float], None] = time.sleep,
+) -> FetchedRepo:
+    """Download one revision (retrying transient failures) and read its weights; writes nothing.
+
+    ``done`` is the sha already indexed for the repo: that revision is not fetched again.
+    """
     from ..indexer.hub import is_transient, retry_after
 
-    done = _done_sha(reg, repo_id)
-    if listed_sha is not None and done == listed_sha:
-        return HubIndexResult(repo_id, listed_sha, "skipped")
+    from ._indexing import read_model
+
     tries = 0
     sha: str | None = listed_sha
     with tempfile.TemporaryDirectory(prefix="mothertree-lite-") as tmp:
@@ -261,7 +306,7 @@ def _index_repo(
                 info = client.model_info(repo_id, revision)
                 sha = info.sha
                 if done == info.sha:
-                    return HubIndexResult(repo_id, info.sha, "skipped", attempts=tries)
+                    return FetchedRepo(repo_id, info.sha, tries)
                 if lite:
                     folder = Path(tmp)
                     transferred, size, num_parameters = client.fetch_lite(info, folder, blocks=blocks)
@@ -280,25 +325,65 @@ def _index_repo(
                 if isinstance(exc, _network_errors()):
                     msg = (f"cannot reach the Hugging Face Hub ({msg}); check the network or HF_ENDPOINT, "
                            "or index local copies with: mothertree index-cache")
-                attempts = _record_failure(reg, repo_id, sha, status, msg, tries)
-                return HubIndexResult(repo_id, sha, status, attempts=attempts, error=msg)
-        try:
-            result = _index_folder(
-                reg, folder, name=repo_id, created_at=info.created_at, repo_id=repo_id, sha=info.sha,
-                last_modified=info.last_modified, declared=(info.declared_base_models, info.declared_relation),
-                lite=lite, source=f"hf://{repo_id}@{info.sha}" if lite else None, num_parameters=num_parameters,
-                tries=tries, transferred=transferred, file_size=size,
-            )
+                return FetchedRepo(repo_id, sha, tries, status=status, error=msg)
+        fetched = FetchedRepo(repo_id, info.sha, tries, info=info, transferred=transferred, size=size,
+                              num_parameters=num_parameters, status="read")
+        try:  # read inside the temporary folder a lite fetch wrote to
+            read = read_model(folder, label=repo_id)
         except (MothertreeError, OSError, ValueError) as exc:
-            msg = _message(exc)
-            attempts = _record_failure(reg, repo_id, info.sha, "failed", msg, tries)
-            return HubIndexResult(repo_id, info.sha, "failed", attempts=attempts, error=msg)
+            return replace(fetched, status="failed", error=_message(exc))
+    return replace(fetched, read=read)
+
+
+def write_fetched(reg: "Registry", fetched: FetchedRepo, *, lite: bool) -> HubIndexResult:
+    """Write one fetched repo: its model with its hub fields in one transaction, or its failure."""
+    from ._indexing import write_model
+
+    repo_id, info = fetched.repo_id, fetched.info
+    if fetched.error is not None:
+        attempts = _record_failure(reg, repo_id, fetched.sha, fetched.status, fetched.error, fetched.tries)
+        return HubIndexResult(repo_id, fetched.sha, fetched.status, attempts=attempts, error=fetched.error)
+    if fetched.read is None or info is None:  # the indexed sha: nothing was fetched
+        return HubIndexResult(repo_id, fetched.sha, "skipped", attempts=fetched.tries)
+    hub = dict(
+        repo_id=repo_id, sha=info.sha, last_modified=info.last_modified,
+        declared=(info.declared_base_models, info.declared_relation), lite=lite,
+        source=f"hf://{repo_id}@{info.sha}" if lite else None, num_parameters=fetched.num_parameters,
+        tries=fetched.tries, transferred=fetched.transferred, file_size=fetched.size,
+    )
+    try:
+        result = write_model(reg, fetched.read, name=repo_id, created_at=info.created_at,
+                             after_write=lambda s, model: _apply_hub_fields(s, model, **hub))
+    except (MothertreeError, OSError, ValueError) as exc:
+        msg = _message(exc)
+        attempts = _record_failure(reg, repo_id, info.sha, "failed", msg, fetched.tries)
+        return HubIndexResult(repo_id, info.sha, "failed", attempts=attempts, error=msg)
     with reg.session() as s:
         attempts = _row(s, repo_id).attempts  # type: ignore[union-attr]
     return HubIndexResult(
         repo_id, info.sha, "lite" if lite else result.status, attempts=attempts,
-        bytes_transferred=transferred, file_size=size, revision=result.revision,
+        bytes_transferred=fetched.transferred, file_size=fetched.size, revision=result.revision,
     )
+
+
+def _index_repo(
+    reg: "Registry",
+    client: "HubClient",
+    repo_id: str,
+    revision: str | None,
+    *,
+    listed_sha: str | None,
+    lite: bool,
+    blocks: int,
+    retry: RetryPolicy,
+    sleep: Callable[[float], None],
+) -> HubIndexResult:
+    done = indexed_sha(reg, repo_id)
+    if listed_sha is not None and done == listed_sha:
+        return HubIndexResult(repo_id, listed_sha, "skipped")
+    fetched = fetch_repo(client, repo_id, revision, done=done, listed_sha=listed_sha, lite=lite, blocks=blocks,
+                         retry=retry, sleep=sleep)
+    return write_fetched(reg, fetched, lite=lite)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -391,6 +476,7 @@ def crawl_hub(
     retry: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     progress: Progress | None = None,
+    fan_out: RepoFanOut | None = None,
 ) -> HubReport:
     """Index every model a hub query lists, incrementally and resumably.
 
@@ -408,6 +494,10 @@ def crawl_hub(
         Only repos modified at or after this time (default: the cursor's watermark).
     limit : int, optional
         List at most this many repos; a crawl cut short by it keeps the watermark.
+    fan_out : RepoFanOut, optional
+        Fetch and read the repos elsewhere, several at once (``RayFanOut()``:
+        as Ray tasks); the rows are still written here, one transaction per
+        repo. Default: one repo after another in this process.
 
     Raises
     ------
@@ -437,17 +527,27 @@ def crawl_hub(
     results: list[HubIndexResult] = []
     newest: datetime | None = None
     oldest_failed: datetime | None = None
-    reached_stop = False
-    try:
+    reached = [False]
+
+    def listed() -> Iterator["HubListing"]:
         for item in client.list_models(author=author, search=search, filter=filter, limit=limit):
             modified = as_utc(item.last_modified)
             if stop_at is not None and modified is not None and modified < stop_at:
-                reached_stop = True
-                break
-            r = _index_repo(
-                reg, client, item.repo_id, None, listed_sha=item.sha, lite=lite, blocks=blocks,
-                retry=retry, sleep=sleep,
-            )
+                reached[0] = True
+                return
+            yield item
+
+    if fan_out is None:
+        handled: Generator[tuple["HubListing", HubIndexResult], None, None] = (
+            (item, _index_repo(reg, client, item.repo_id, None, listed_sha=item.sha, lite=lite, blocks=blocks,
+                               retry=retry, sleep=sleep))
+            for item in listed()
+        )
+    else:
+        handled = fan_out(reg, client, listed(), lite=lite, blocks=blocks, retry=retry)
+    try:
+        for item, r in handled:
+            modified = as_utc(item.last_modified)
             results.append(r)
             if modified is not None:
                 newest = modified if newest is None else max(newest, modified)
@@ -456,9 +556,10 @@ def crawl_hub(
             if progress is not None:
                 progress(r)
     except BaseException:
+        handled.close()  # a fan-out cancels what it still runs
         _finish_cursor(reg, key, results, status="interrupted", watermark=None)
         raise
-    complete = reached_stop or limit is None or len(results) < limit
+    complete = reached[0] or limit is None or len(results) < limit
     watermark = None
     if complete and (since is None or old_watermark is None or since <= old_watermark):
         candidates = [t for t in (newest, oldest_failed) if t is not None]
@@ -488,7 +589,7 @@ def _finish_cursor(
 def _index_cached(reg: "Registry", rev: "CachedRevision") -> HubIndexResult:
     from ..indexer.hub import declared_from_card
 
-    if _done_sha(reg, rev.repo_id) == rev.sha:
+    if indexed_sha(reg, rev.repo_id) == rev.sha:
         return HubIndexResult(rev.repo_id, rev.sha, "skipped")
     try:
         result = _index_folder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -19,7 +20,10 @@ from .errors import MothertreeError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["index_one", "index_many", "remove", "plan_reindex"]
+    from ..indexer import ModelScan
+    from ..indexer.fingerprints import ModelFingerprint
+
+__all__ = ["ReadModel", "read_model", "write_model", "index_one", "index_many", "remove", "plan_reindex"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -35,23 +39,50 @@ _TENSOR_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class ReadModel:
+    """A model read and fingerprinted, nothing written yet: plain data, so a Ray task can return it to
+    the process that writes it (:func:`write_model`)."""
+
+    scan: "ModelScan"
+    fingerprint: "ModelFingerprint"
+
+
+def read_model(
+    path: str | os.PathLike, *, label: str | None = None, progress: Progress | None = None, device: str = "auto",
+) -> ReadModel:
+    """Read a model's weights once: tensor statistics and fingerprints (the slow half of indexing)."""
+    from ..indexer import open_source, scan_model
+    from ..indexer.fingerprints import Fingerprinter
+
+    from ._naming import absolute_path, default_name
+
+    source = open_source(absolute_path(path))
+    label = label or default_name(source)
+    cb = (lambda done, total: progress(label, done, total)) if progress else None
+    fingerprinter = Fingerprinter(device=device, config=source.config)
+    scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
+    return ReadModel(scan, fingerprinter.finish())
+
+
 def index_one(
     conn: Connection, path: str | os.PathLike, *, name: str | None = None, created_at: datetime | None = None,
     progress: Progress | None = None, device: str = "auto",
     after_write: Callable[[Session, Model], None] | None = None,
 ) -> IndexResult:
     """Index one model in one transaction: all its rows, or none of them (see ``Registry.index_one``)."""
-    from ..indexer import open_source, scan_model
-    from ..indexer.fingerprints import Fingerprinter
+    read = read_model(path, label=name, progress=progress, device=device)
+    return write_model(conn, read, name=name, created_at=created_at, after_write=after_write)
 
-    from ._naming import absolute_path, choose_name, default_name
 
-    source = open_source(absolute_path(path))
-    label = name or default_name(source)
-    cb = (lambda done, total: progress(label, done, total)) if progress else None
-    fingerprinter = Fingerprinter(device=device, config=source.config)
-    scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
-    fingerprint = fingerprinter.finish()
+def write_model(
+    conn: Connection, read: ReadModel, *, name: str | None = None, created_at: datetime | None = None,
+    after_write: Callable[[Session, Model], None] | None = None,
+) -> IndexResult:
+    """Write a read model's rows in one transaction, then add its vectors to the FAISS files."""
+    from ._naming import choose_name
+
+    scan, fingerprint, source = read.scan, read.fingerprint, read.scan.source
     warnings = scan.warnings + fingerprint.notes
     removed: list[int] = []
     with conn.session() as s:

@@ -33,11 +33,14 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ._models import as_utc, iso, utc_now
-from ._schema import Job, Model
+from ._schema import Job
 from .errors import MothertreeError
 
 if TYPE_CHECKING:
+    from ._hub import FetchedRepo, HubIndexResult
+    from ._indexing import ReadModel
     from ._registry import Registry
+    from ._resolve import PairRunner
 
 __all__ = [
     "JobView",
@@ -286,8 +289,11 @@ def index_target(reg: "Registry", job: JobView | dict[str, Any]) -> tuple[str | 
     from ._hub import index_hub
 
     spec = f"{target}@{revision}" if revision else target
-    report = index_hub(reg, [spec])
-    r = report.results[0]
+    return _hub_outcome(index_hub(reg, [spec]).results[0], spec)
+
+
+def _hub_outcome(r: "HubIndexResult", spec: str) -> tuple[str | None, str]:
+    """A hub job's ``(model name or None, status)``; a failed repo fails the job."""
     if r.status == "failed":
         raise JobFailedError(f"hub repo {spec}: {r.error}")
     if r.status == "unsupported":
@@ -295,13 +301,18 @@ def index_target(reg: "Registry", job: JobView | dict[str, Any]) -> tuple[str | 
     return r.repo_id, r.status
 
 
-def place(reg: "Registry", model: str | None, status: str, *, resolve: bool = True) -> dict[str, Any]:
-    """Resolve the new model into the lineage graph and describe its parents."""
+def place(
+    reg: "Registry", model: str | None, status: str, *, resolve: bool = True, pair_runner: "PairRunner | None" = None,
+) -> dict[str, Any]:
+    """Resolve the new model into the lineage graph and describe its parents.
+
+    ``pair_runner`` runs the candidate pair tests elsewhere (Ray tasks); their rows are written here.
+    """
     out: dict[str, Any] = {"model": model, "status": status}
     if model is None:
         return out
     if resolve:
-        rep = reg.resolve()
+        rep = reg.resolve(pair_runner=pair_runner)
         out["pairs_tested"] = rep.pairs_tested
     view = reg.ancestry(model)
     out["parents"] = sorted({e.parent for e in view.edges if e.child == model})
@@ -409,37 +420,33 @@ def wait_for(reg: "Registry", job_id: int, *, timeout_s: float = 60.0, poll_s: f
 
 
 # -- Ray ----------------------------------------------------------------------
-class _SqlOnlyVectors:
-    """Stands in for the FAISS store inside a Ray task: the task writes SQL only,
-    and the driver brings the FAISS files up to date from SQL."""
+def _read_in_task(job: dict[str, Any], client: dict[str, Any], done: str | None) -> "ReadModel | FetchedRepo":
+    """Body of the Ray task: download and fingerprint one job's target; it writes nothing.
 
-    def update(self, *, add=(), remove=()) -> None:
-        pass
+    ``client`` holds the driver's hub endpoint, cache folder and token;
+    ``done`` the sha of a hub repo's indexed revision, which is not fetched again.
+    """
+    if job["kind"] == "path":
+        from ._indexing import read_model
 
+        return read_model(job["target"])
+    from ..indexer.hub import HubClient
+    from ._hub import RetryPolicy, fetch_repo
 
-def _index_in_task(url: str, job: dict[str, Any]) -> tuple[str | None, str]:
-    """Body of the Ray task: download and fingerprint one target, commit its rows in one transaction."""
-    from ._registry import Registry
-
-    reg = Registry(url, upgrade=False)
-    reg.vectors = _SqlOnlyVectors()  # type: ignore[assignment]
-    try:
-        return index_target(reg, job)
-    finally:
-        reg.close()
+    return fetch_repo(HubClient(**client), job["target"], job["revision"], done=done, listed_sha=None, lite=False,
+                      blocks=3, retry=RetryPolicy())
 
 
-def _sync_vectors(reg: "Registry", model: str | None) -> None:
-    """Add a model's fingerprint rows, read back from SQL, to the FAISS files (ids already there are skipped)."""
-    import numpy as np
+def _write_read(reg: "Registry", job: JobView, read: "ReadModel | FetchedRepo") -> tuple[str | None, str]:
+    """Write what a task read: the model's rows in one transaction, then its FAISS vectors."""
+    from ._hub import write_fetched
+    from ._indexing import ReadModel, write_model
 
-    if model is None:
-        return
-    with reg.session() as s:
-        mid = s.scalar(select(Model.id).where(Model.name == model))
-        rows = [] if mid is None else reg.vectors.vectors(s, [mid])
-        add = [(r.id, r.kind, r.level, np.frombuffer(r.vector, dtype=np.float32)) for r in rows]
-    reg.vectors.update(add=add)
+    if isinstance(read, ReadModel):  # a path job
+        r = write_model(reg, read)
+        return r.name, r.status
+    spec = f"{job.target}@{job.revision}" if job.revision else job.target
+    return _hub_outcome(write_fetched(reg, read, lite=False), spec)
 
 
 def work_ray(
@@ -456,29 +463,32 @@ def work_ray(
     worker: str | None = None,
     progress: Callable[[JobView], None] | None = None,
 ) -> WorkReport:
-    """Like :func:`work`, with each job's download, reading and fingerprinting run as a Ray task.
+    """Like :func:`work`, with each job's download, reading and fingerprinting, and its pair tests, run as Ray tasks.
 
     The driver (this process) claims jobs and holds their leases; up to
-    ``parallel`` (default: the cluster's CPUs) tasks run at once, each
-    requesting one GPU when the cluster has GPUs. A task commits its model's
-    rows in one transaction (PostgreSQL for a multi-machine cluster; each task
-    opens its own connection) and never touches FAISS. The driver then brings
-    the FAISS files up to date from SQL, places the model (``resolve``: its
-    pair tests run in the driver) and marks the job done.
+    ``parallel`` (default: the cluster's CPUs) indexing tasks run at once, each
+    requesting one GPU when the cluster has GPUs. An indexing task returns
+    what it read as plain data and writes nothing; the driver writes the
+    model's rows in one transaction (a hub repo's with its hub fields) and
+    then its vectors into the FAISS files, and places the model
+    (``resolve``): its candidate pair tests fan out as Ray tasks
+    (:class:`._ray.RayPairRunner`, one GPU each on a GPU cluster) and the
+    driver writes their rows in one transaction, then solves the family and
+    marks the job done. Tasks need the hub and the weights' files, never the database.
 
     Without ``address`` a local Ray is started (``num_cpus`` caps it).
     """
     import ray
 
-    if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=128 * 2**20)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    resources = ray.cluster_resources()
-    task = ray.remote(_index_in_task).options(num_gpus=1 if resources.get("GPU", 0) >= 1 else 0, max_retries=0)
-    slots = parallel or max(1, int(resources.get("CPU", 1)))
+    from ..indexer.hub import HubClient
+    from ._hub import indexed_sha
+    from ._ray import RayPairRunner, client_args, ensure_ray, gpu_options, unwrap
+
+    ensure_ray(address, num_cpus)
+    task = ray.remote(_read_in_task).options(max_retries=0, **gpu_options())
+    pairs = RayPairRunner(reg.home)
+    client = client_args(HubClient())
+    slots = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
     worker = worker or worker_name()
     stop = stop or threading.Event()
     inflight: dict[Any, tuple[JobView, _Lease]] = {}
@@ -490,7 +500,9 @@ def work_ray(
                 job = claim(reg, worker, lease_s=lease_s)
                 if job is None:
                     break
-                ref = task.remote(reg.url, {"kind": job.kind, "target": job.target, "revision": job.revision})
+                done_sha = indexed_sha(reg, job.target) if job.kind == "hub" else None
+                target = {"kind": job.kind, "target": job.target, "revision": job.revision}
+                ref = task.remote(target, client, done_sha)
                 inflight[ref] = (job, _Lease(reg, job, lease_s))
                 started += 1
             if not inflight:
@@ -502,12 +514,10 @@ def work_ray(
             for ref in ready:
                 job, lease = inflight.pop(ref)
                 try:
-                    model, status = ray.get(ref)
-                    _sync_vectors(reg, model)  # FAISS from SQL: the task wrote rows only
-                    result = place(reg, model, status)
+                    model, status = _write_read(reg, job, ray.get(ref))
+                    result = place(reg, model, status, pair_runner=pairs)
                 except Exception as exc:  # a task's error arrives wrapped by Ray
-                    cause = getattr(exc, "cause", None) or exc
-                    done.append(_settle(reg, job, lease, error=_message(cause), progress=progress))
+                    done.append(_settle(reg, job, lease, error=_message(unwrap(exc)), progress=progress))
                 else:
                     done.append(_settle(reg, job, lease, result=result, progress=progress))
     finally:

@@ -26,7 +26,7 @@ from ._schema import Model, PairTest
 from ._weights_cache import LoadedModel, WeightsCache
 from .errors import ModelNotFoundError, NoComparableTensorsError, UnreadableWeightsError
 
-__all__ = ["PairReport", "PairTester", "SAME_MODEL", "known_result", "store_result"]
+__all__ = ["PairJob", "PairReport", "PairTester", "SAME_MODEL", "known_result", "store_result"]
 
 #: ``method`` of the result for two names (or paths) that hold the very same weights.
 SAME_MODEL = "identical"
@@ -94,21 +94,49 @@ class PairTester:
 
     def row(self, a: int, b: int, sources: dict, names: tuple[str, str], alpha: float) -> PairTest:
         """Run the automatic independence test on two registry models; the unsaved row."""
-        la, lb = self.cache.load(*sources[a]), self.cache.load(*sources[b])
-        res = _test_loaded(la, lb, method="auto", alpha=alpha, names=names)
-        return PairTest(
-            a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
-            p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
-            details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
-            computed_at=utc_now(),
-        )
+        return PairTest(**_auto_fields(self.cache, a, b, sources[a], sources[b], names, alpha))
 
 
-def failed_row(a: int, b: int, exc: Exception) -> PairTest:
-    """The row of a pair that could not be tested: method ``none``, never dependent."""
-    return PairTest(
-        a_id=a, b_id=b, method="none", statistic=None, p_value_log10=0.0, dependent=False,
-        details={"error": str(exc)}, computed_at=utc_now(),
+@dataclass(frozen=True)
+class PairJob:
+    """One candidate pair of a resolve, with all a process needs to test it on its own.
+
+    Plain data (ids, ``(source, digest)`` of each model, names, level), so the
+    same test runs in the resolving process or in a Ray task on another
+    machine; :meth:`run` returns the columns of the pair's stored row, which
+    the resolving process writes.
+    """
+
+    a: int
+    b: int
+    source_a: tuple[str, str | None]
+    source_b: tuple[str, str | None]
+    names: tuple[str, str]
+    alpha: float
+
+    def run(self, cache: WeightsCache) -> dict[str, Any]:
+        """The automatic test's row columns; a pair that cannot be tested gets method ``none``, never dependent."""
+        try:
+            return _auto_fields(cache, self.a, self.b, self.source_a, self.source_b, self.names, self.alpha)
+        except (NoComparableTensorsError, UnreadableWeightsError, OSError) as exc:
+            return dict(
+                a_id=self.a, b_id=self.b, method="none", statistic=None, p_value_log10=0.0, dependent=False,
+                details={"error": str(exc)}, computed_at=utc_now(),
+            )
+
+
+def _auto_fields(
+    cache: WeightsCache, a: int, b: int, source_a: tuple[str, str | None], source_b: tuple[str, str | None],
+    names: tuple[str, str], alpha: float,
+) -> dict[str, Any]:
+    """Columns of the ``pair_tests`` row of the automatic test between two registry models."""
+    la, lb = cache.load(*source_a), cache.load(*source_b)
+    res = _test_loaded(la, lb, method="auto", alpha=alpha, names=names)
+    return dict(
+        a_id=a, b_id=b, method=res.method, statistic=_finite(res.statistic),
+        p_value_log10=float(res.p_value_log10), dependent=bool(res.dependent),
+        details={"block_map": [list(x) for x in res.block_map], "notes": list(res.notes)},
+        computed_at=utc_now(),
     )
 
 

@@ -25,7 +25,7 @@ from ._connection import Connection
 from ._models import IndexReport, IndexResult, ModelDetail, ModelSummary, TensorSummary
 from ._pairs import PairReport, PairTester
 from ._queries import LineageView
-from ._resolve import ResolvePlan, ResolveReport
+from ._resolve import PairRunner, ResolvePlan, ResolveReport
 from ._schema import Model, Tensor
 from ._vectors import ReindexPlan, ReindexReport
 from ._weights_cache import WeightsCache
@@ -197,18 +197,23 @@ class Registry(Connection):
 
     def plan_resolve(
         self, *, full: bool = False, k: int = 10, alpha: float = 0.01, models: Iterable[str] | None = None,
+        pair_runner: PairRunner | None = None,
     ) -> ResolvePlan:
         """What :meth:`resolve` would do (reads only); ``plan.execute()`` does it.
 
         ``models`` limits the resolve to those models (their candidates and
         the families they join); by default every unresolved model, and with
         ``full`` every model after forgetting every test and edge.
+        ``pair_runner`` runs the candidate pair tests elsewhere (Ray tasks:
+        ``mothertree.registry.RayPairRunner(reg.home)``); their rows are
+        written here, in one transaction.
         """
-        return _resolve.plan_resolve(self, self._pairs, full=full, k=k, alpha=alpha, models=models)
+        return _resolve.plan_resolve(self, self._pairs, full=full, k=k, alpha=alpha, models=models,
+                                     runner=pair_runner)
 
     def resolve(
         self, *, full: bool = False, k: int = 10, alpha: float = 0.01, models: Iterable[str] | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, pair_runner: PairRunner | None = None,
     ) -> ResolveReport:
         """Place unresolved models in the lineage graph: :meth:`plan_resolve`, then execute.
 
@@ -218,7 +223,7 @@ class Registry(Connection):
         False discoveries are controlled over *all* pairs the registry has
         tested (Benjamini-Hochberg at ``alpha``).
         """
-        return self.plan_resolve(full=full, k=k, alpha=alpha, models=models).execute(progress)
+        return self.plan_resolve(full=full, k=k, alpha=alpha, models=models, pair_runner=pair_runner).execute(progress)
 
     def add(
         self, path: str | os.PathLike, *, name: str | None = None, k: int = 10, alpha: float = 0.01,

@@ -10,7 +10,7 @@ glue around them (see :mod:`._families`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import networkx as nx
 from sqlalchemy import delete, func, select, update
@@ -21,13 +21,17 @@ from ._connection import Connection
 from ._families import solve_and_store
 from ._lookup import stored_candidates
 from ._models import utc_now
-from ._pairs import PairTester, failed_row
+from ._pairs import PairJob, PairTester
 from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun
-from .errors import ModelNotFoundError, MothertreeError, NoComparableTensorsError, RegistryError, UnreadableWeightsError
+from .errors import ModelNotFoundError, MothertreeError, RegistryError
 
-__all__ = ["ResolvePlan", "ResolveReport", "plan_resolve"]
+__all__ = ["PairRunner", "ResolvePlan", "ResolveReport", "plan_resolve"]
 
 Progress = Callable[[str], None]
+
+#: Runs a resolve's candidate pair tests elsewhere (Ray tasks: :class:`._ray.RayPairRunner`) and returns
+#: each job's row columns (:meth:`PairJob.run`), in the jobs' order; the resolving process writes them.
+PairRunner = Callable[[Sequence[PairJob], Progress], list[dict[str, Any]]]
 
 #: Ids per ``IN (...)`` list, well under SQLite's and PostgreSQL's parameter limits.
 _IN_CHUNK = 1000
@@ -118,9 +122,13 @@ def _snapshot(conn: Connection) -> dict[int, _ModelInfo]:
 # -- plan --------------------------------------------------------------------
 def plan_resolve(
     conn: Connection, tester: PairTester, *, full: bool = False, k: int = 10, alpha: float = 0.01,
-    models: Iterable[str] | None = None,
+    models: Iterable[str] | None = None, runner: PairRunner | None = None,
 ) -> ResolvePlan:
-    """What a resolve would test, re-solve and (``full``) delete. Reads only."""
+    """What a resolve would test, re-solve and (``full``) delete. Reads only.
+
+    ``runner`` runs the candidate pair tests when the plan is executed (default:
+    one after another in this process).
+    """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected a level in (0, 1), got {alpha}")
     if k < 1:
@@ -142,7 +150,7 @@ def plan_resolve(
         pairs=tuple((info[a].name, info[b].name) for a, b in pair_ids),
         families=families, deletes=deletes, warnings=tuple(warnings),
         model_ids=tuple(pending), pair_ids=tuple(pair_ids), registry_models=frozenset(info),
-        _execute=lambda plan, progress: execute_resolve(conn, tester, plan, progress),
+        _execute=lambda plan, progress: execute_resolve(conn, tester, plan, progress, runner),
         adapters=tuple(sorted(m.name for m in info.values() if m.adapter)),
     )
 
@@ -211,7 +219,10 @@ def _families_to_solve(info, pending, pair_ids, dependent) -> tuple[tuple[str, .
 
 
 # -- execute -------------------------------------------------------------------
-def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, progress: Progress | None) -> ResolveReport:
+def execute_resolve(
+    conn: Connection, tester: PairTester, plan: ResolvePlan, progress: Progress | None,
+    runner: PairRunner | None = None,
+) -> ResolveReport:
     """Apply ``plan``: forget (full), test, control the FDR, re-solve the touched families."""
     say = progress or (lambda msg: None)
     started = utc_now()
@@ -219,7 +230,7 @@ def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, pro
     if plan.full:
         _forget_all(conn)
     info = _snapshot(conn)
-    _run_tests(conn, tester, plan, info, say)
+    _run_tests(conn, tester, plan, info, say, runner)
     dep, families = _fdr_and_families(conn, plan)
     warnings, failed, names = list(plan.warnings), set(), {m: i.name for m, i in info.items()}
     sources = {m: (i.source, i.digest) for m, i in info.items()}
@@ -259,17 +270,32 @@ def _forget_all(conn: Connection) -> None:
         s.execute(update(Model).values(resolved_at=None))
 
 
-def _run_tests(conn: Connection, tester: PairTester, plan: ResolvePlan, info, say: Progress) -> None:
-    """Test each planned pair and store its row (a failed test is stored as method ``none``)."""
-    sources = {m: (i.source, i.digest) for m, i in info.items()}
-    for i, (a, b) in enumerate(plan.pair_ids, 1):
-        say(f"testing {info[a].name} ~ {info[b].name} ({i}/{len(plan.pair_ids)})")
-        try:
-            row = tester.row(a, b, sources, (info[a].name, info[b].name), plan.alpha)
-        except (NoComparableTensorsError, UnreadableWeightsError, OSError) as exc:
-            row = failed_row(a, b, exc)
+def _run_tests(
+    conn: Connection, tester: PairTester, plan: ResolvePlan, info, say: Progress, runner: PairRunner | None,
+) -> None:
+    """Test each planned pair and store its row (a failed test is stored as method ``none``).
+
+    In this process each row commits as soon as its test ends (a resolve
+    killed half-way keeps them, and its next plan skips them); with a
+    ``runner`` the tests run at once elsewhere and their rows commit together
+    in one transaction here.
+    """
+    jobs = [
+        PairJob(a, b, (info[a].source, info[a].digest), (info[b].source, info[b].digest),
+                (info[a].name, info[b].name), plan.alpha)
+        for a, b in plan.pair_ids
+    ]
+    if runner is not None:
+        if jobs:
+            rows = runner(jobs, say)
+            with conn.session() as s:
+                s.add_all(PairTest(**r) for r in rows)
+        return
+    for i, job in enumerate(jobs, 1):
+        say(f"testing {job.names[0]} ~ {job.names[1]} ({i}/{len(jobs)})")
+        row = job.run(tester.cache)
         with conn.session() as s:
-            s.add(row)
+            s.add(PairTest(**row))
 
 
 def _fdr_and_families(conn: Connection, plan: ResolvePlan):

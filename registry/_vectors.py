@@ -20,7 +20,7 @@ built:
 
 Consistency: files are written to a temporary file and renamed
 (``os.replace``) only after the SQL transaction that changed the rows has
-committed. The first time an index is used, its ids are compared with the
+committed, by one process at a time (:mod:`._faiss_lock`). The first time an index is used, its ids are compared with the
 table's; a missing, unreadable, truncated or out-of-step file is rebuilt
 from SQL with a :class:`RuntimeWarning` (also kept in :attr:`notices`), so
 a crash between the SQL commit and the file write is repaired on the next
@@ -46,6 +46,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ._faiss_lock import one_writer
 from ._schema import Fingerprint
 
 if TYPE_CHECKING:
@@ -201,6 +202,8 @@ class _Loaded:
     count: int
     max_id: int
     gpu: "faiss.Index | None" = None
+    #: The file as this copy last saw it (:func:`_stamp`); a writer whose copy is older reads the file again.
+    stamp: tuple[int, int, int] | None = None
 
 
 class VectorStore:
@@ -242,6 +245,14 @@ class VectorStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _stamp(self, key: Key) -> tuple[int, int, int] | None:
+        """``(inode, size, mtime)`` of an index file, ``None`` when absent: every write renames a new file in."""
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _read(self, key: Key) -> "faiss.Index | None":
         import faiss
@@ -306,6 +317,7 @@ class VectorStore:
             index.add_with_ids(vecs, ids)
         return index
 
+    @one_writer
     def rebuild(self, key: Key | None = None, *, reason: str | None = None) -> tuple[IndexInfo, ...]:
         """Rebuild one index (or every one) from SQL and write it; stale files go.
 
@@ -328,7 +340,7 @@ class VectorStore:
                 ids, vecs = self._sql_vectors(s, k)
                 index = self._build(k, ids, vecs)
             self._write(k, index)
-            self._loaded[k] = _Loaded(index, len(ids), int(ids.max()) if len(ids) else -1)
+            self._loaded[k] = _Loaded(index, len(ids), int(ids.max()) if len(ids) else -1, stamp=self._stamp(k))
             if reason:
                 self._notice(f"FAISS index {self.path(k).name} rebuilt from SQL ({len(ids)} vectors): {reason}")
             infos.append(self.info(k))
@@ -354,13 +366,14 @@ class VectorStore:
             loaded = self._loaded.get(key)
             if loaded is not None and (loaded.count, loaded.max_id) == state:
                 return loaded
+            stamp = self._stamp(key)
             index = self._read(key)
             if index is None:
                 why = "missing file" if not self.path(key).exists() else "unreadable or truncated file"
             else:
                 ids = np.sort(_index_ids(index))
                 if np.array_equal(ids, self._sql_ids(s, key)) and index.d == key[2]:
-                    loaded = _Loaded(index, state[0], state[1])
+                    loaded = _Loaded(index, state[0], state[1], stamp=stamp)
                     self._loaded[key] = loaded
                     if _index_type(index) == "flat" and state[0] > self.flat_limit:
                         self.rebuild(key)
@@ -408,6 +421,7 @@ class VectorStore:
         return tuple(self.info(k) for k in self.keys())
 
     # -- writes (call after the SQL commit) -------------------------------
+    @one_writer
     def update(
         self,
         *,
@@ -446,9 +460,10 @@ class VectorStore:
             self._commit(key, index, verified)
 
     def _current(self, key: Key) -> tuple["faiss.Index", bool]:
-        """The in-memory index (verified), else the file or an empty index (not yet verified)."""
+        """The in-memory index (verified) while the file is the one it was read from or written to,
+        else the file or an empty index (not yet verified): another process wrote the file since."""
         loaded = self._loaded.get(key)
-        if loaded is not None:
+        if loaded is not None and loaded.stamp == self._stamp(key):
             return loaded.index, True
         index = self._read(key)
         if index is None:
@@ -474,7 +489,7 @@ class VectorStore:
             self.rebuild(key)
         else:
             self._write(key, index)
-            self._loaded[key] = _Loaded(index, state[0], state[1])
+            self._loaded[key] = _Loaded(index, state[0], state[1], stamp=self._stamp(key))
 
     # -- reading ---------------------------------------------------------
     def search(self, key: Key, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

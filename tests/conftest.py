@@ -129,3 +129,16 @@ def cli(monkeypatch, tmp_path):
         return res.exit_code, res.stdout, res.stderr
 
     return run
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of two CPUs for the tests of one module (the drivers' ``ensure_ray`` finds it started)."""
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()

@@ -13,6 +13,7 @@ The ``zoo`` fixture (``tests/conftest.py``, session-scoped) builds the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -338,11 +339,21 @@ def test_half_written_folders_of_dead_builds_are_removed(tmp_path: Path) -> None
 
 
 def test_demo_preset_reuses_the_test_presets_models() -> None:
-    test_recipes, test_size = zoo_mod._preset("test")
-    demo_recipes, demo_size = zoo_mod._preset("demo")
-    test_digests = zoo_mod._digests(test_recipes, test_size)
-    demo_digests = zoo_mod._digests(demo_recipes, demo_size)
-    assert demo_digests.items() <= test_digests.items()
+    assert zoo_mod.preset_digests("demo").items() <= zoo_mod.preset_digests("test").items()
+
+
+def test_the_demo_takes_its_models_only_from_a_zoo_that_holds_them() -> None:
+    from mothertree.bench.demo import demo_models_of
+
+    test_names = tuple(zoo_mod.preset_digests("test"))
+    built = zoo_mod.Zoo(root="/zoo", preset="test", models=tuple(
+        zoo_mod.ZooModel(name=n, path=f"/zoo/{n}", family=n, arch="llama", parents=(), relation="root",
+                         format="safetensors", created_at="2026-01-01T00:00:00Z") for n in test_names))
+    demo = demo_models_of(built)
+    assert demo.preset == "demo" and set(demo.names) == set(zoo_mod.preset_digests("demo"))
+    calibration = dataclasses.replace(built, preset="calibration")
+    with pytest.raises(ValueError, match="does not hold the demo's models llama-a, "):
+        demo_models_of(calibration)
 
 
 def test_mother_preset_is_one_tree_of_at_least_fifteen_llamas() -> None:

@@ -70,3 +70,8 @@ def test_index_cache_offline(cli, fake_hub, monkeypatch):
     # both shas are already indexed (one of them lite, whose cache holds only config and card)
     assert statuses == {"acme/llama-alt": "skipped", "gpt/gpt2-base": "skipped"}
     assert sum(fake_hub.requests.values()) == before
+
+
+def test_crawl_hub_ray_options_need_ray(cli):
+    code, _, err = cli("crawl-hub", "--ray-address", "ray://head:10001")
+    assert code == 2 and "--ray-address and --num-cpus need --ray" in err
