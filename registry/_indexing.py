@@ -31,7 +31,7 @@ _MODEL_FIELDS = (
 #: Tensor record fields copied as they are onto each ``tensors`` row.
 _TENSOR_FIELDS = (
     "name", "role", "block", "part", "dtype", "size_bytes", "digest", "mean", "std", "kurtosis",
-    "distinct_values", "sample_size",
+    "distinct_values", "sample_size", "informative", "degenerate_reason",
 )
 
 
@@ -43,6 +43,7 @@ def index_one(
     """Index one model in one transaction: all its rows, or none of them (see ``Registry.index_one``)."""
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
+    from ..lineage import degenerate_reason
 
     from ._naming import absolute_path, choose_name, default_name
 
@@ -50,7 +51,8 @@ def index_one(
     label = name or default_name(source)
     cb = (lambda done, total: progress(label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
-    scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
+    # one pass: statistics, fingerprints and the degenerate verdict of every identity matrix
+    scan = scan_model(source, visit=fingerprinter.visit, judge=degenerate_reason, progress=cb)
     fingerprint = fingerprinter.finish()
     warnings = scan.warnings + fingerprint.notes
     removed: list[int] = []
@@ -195,6 +197,7 @@ def plan_reindex(conn: Connection, *, device: str = "auto") -> ReindexPlan:
 def _execute_reindex(conn: Connection, plan: ReindexPlan) -> ReindexReport:
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
+    from ..lineage import degenerate_reason
 
     done, problems = [], []
     for name in plan.unfingerprinted:
