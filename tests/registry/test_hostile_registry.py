@@ -88,8 +88,11 @@ def test_a_streamed_model_indexed_without_verdicts_is_judged_when_loaded(registr
     monkeypatch.setenv("MOTHERTREE_MAX_MEMORY", "1M")
     report = registry.test("base", "zeros")
     assert not report.result.dependent and any("degenerate" in n for n in report.result.notes)
-    child = registry.test("base", str(tiny_models["llama"]))  # a path and a registry model, both streamed
-    assert child.result.dependent
+    g = torch.Generator().manual_seed(5)
+    child = _rewritten_copy(tiny_models["llama"], tmp_path / "child", lambda v: v + 0.01 * torch.randn(v.shape, generator=g))
+    report = registry.test("base", str(child))  # a path (judged on load) and a registry model, both streamed
+    assert report.result.dependent and report.result.method != "identical"
+    assert not any("degenerate" in n for n in report.result.notes)
 
 
 def test_scalar_only_model_is_not_called_old(registry, tmp_path):
