@@ -10,6 +10,11 @@ run must complete and leave no inconsistency at all.
 Run::
 
     python -m mothertree.bench.bench_kill9 --index-kills 50 --resolve-kills 20
+    python -m mothertree.bench.bench_kill9 --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+With ``--postgres`` every trial gets a fresh database created through that server (the URL's
+database is only used to connect for ``CREATE DATABASE``/``DROP DATABASE``), as SQLite gets a
+fresh file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["make_models", "check_registry", "kill_index_trial", "kill_resolve_trial"]
@@ -196,27 +204,55 @@ def kill_resolve_trial(url: str, rnd: random.Random, max_delay: float = 0.5, tim
     return {"killed": not finished, "after_kill": after_kill, "after_rerun": after_rerun}
 
 
+@contextmanager
+def _fresh_database(tmp: str, label: str, postgres: str | None) -> Iterator[str]:
+    """A new empty database for one trial: an SQLite file in ``tmp``, or a PostgreSQL database
+    created through the ``postgres`` server URL and dropped afterwards."""
+    if postgres is None:
+        yield f"sqlite:///{tmp}/{label}.db"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mt_kill9_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(postgres).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--index-kills", type=int, default=50)
     ap.add_argument("--resolve-kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file per trial)")
+    ap.add_argument("--postgres", default=None, metavar="URL",
+                    help="PostgreSQL server URL: a fresh database per trial (default: a fresh SQLite file per trial)")
     args = ap.parse_args(argv)
     rnd = random.Random(args.seed)
     out = {"index": [], "resolve": []}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
+        # The FAISS files of a server database live in the registry home: keep them in tmp too
+        # (the children inherit the environment).
+        os.environ["MOTHERTREE_HOME"] = str(Path(tmp) / "home")
         models = make_models(Path(tmp) / "models")
         for i in range(args.index_kills):
-            url = args.db or f"sqlite:///{tmp}/index-{i}.db"
-            out["index"].append(kill_index_trial(url, models, rnd))
+            with _fresh_database(tmp, f"index-{i}", args.postgres) as url:
+                out["index"].append(kill_index_trial(url, models, rnd))
             print(json.dumps({"index": i, **out["index"][-1]}), file=sys.stderr, flush=True)
-        url = args.db or f"sqlite:///{tmp}/resolve.db"
-        _run(_INDEX, url, *(str(p) for p in models.values()))
-        for i in range(args.resolve_kills):
-            out["resolve"].append(kill_resolve_trial(url, rnd))
-            print(json.dumps({"resolve": i, **out["resolve"][-1]}), file=sys.stderr, flush=True)
+        with _fresh_database(tmp, "resolve", args.postgres) as url:
+            _run(_INDEX, url, *(str(p) for p in models.values()))
+            for i in range(args.resolve_kills):
+                out["resolve"].append(kill_resolve_trial(url, rnd))
+                print(json.dumps({"resolve": i, **out["resolve"][-1]}), file=sys.stderr, flush=True)
 
     def summary(trials):
         return {
@@ -227,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             "examples": [t["after_rerun"] for t in trials if t["after_rerun"]][:3],
         }
 
-    result = {"index": summary(out["index"]), "resolve": summary(out["resolve"]),
+    result = {"database": "postgresql" if args.postgres else "sqlite",
+              "index": summary(out["index"]), "resolve": summary(out["resolve"]),
               "wall_s": round(time.monotonic() - t0, 1)}
     print(json.dumps(result, indent=2))
     return 0 if not (result["index"]["inconsistent_after_rerun"] or result["resolve"]["inconsistent_after_rerun"]) else 1

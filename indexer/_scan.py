@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .readers import WeightSource, iter_tensors, open_source, read_header
-from .roles import assign_role, canonical_parts, detect_family
+from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
 from .stats import tensor_digest, tensor_statistics
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TensorRecord", "ModelScan", "scan_model", "CanonicalVisitor"]
+__all__ = ["TensorRecord", "ModelScan", "scan_model", "CanonicalVisitor", "Judge"]
 
 #: Called with ``(role, block, tensor)`` for each learned canonical weight or bias part.
 CanonicalVisitor = Callable[[str, "int | None", str, "torch.Tensor"], None]
+#: Why a canonical ``[out, in]`` weight can carry no evidence of lineage, or ``None`` when it can.
+Judge = Callable[["torch.Tensor"], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class TensorRecord:
     kurtosis: float | None
     distinct_values: int
     sample_size: int
+    #: The judge's verdict on the identity matrices this tensor holds (its canonical parts):
+    #: ``None`` when not judged (not an identity weight matrix, or no judge was given).
+    informative: bool | None = None
+    #: Why it is not informative (the first degenerate part, named when the tensor is fused).
+    degenerate_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ def scan_model(
     path: str | os.PathLike | WeightSource,
     *,
     visit: CanonicalVisitor | None = None,
+    judge: Judge | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelScan:
     """Read every tensor once and return the model's records.
@@ -109,6 +117,11 @@ def scan_model(
     visit : callable, optional
         Receives each learned canonical tensor part; fingerprinting hooks in here
         so the weights are read only once.
+    judge : callable, optional
+        Judges each identity weight matrix (the canonical parts a
+        :class:`~mothertree.indexer.streaming.StreamingWeightMap` serves) in this
+        same pass; its verdict goes on the tensor's record, so a streamed test
+        can leave degenerate tensors out without reading the model again.
     progress : callable, optional
         ``progress(bytes_done, bytes_total)`` after each tensor.
     """
@@ -126,23 +139,29 @@ def scan_model(
         stats = tensor_statistics(tensor)
         digest = tensor_digest(tensor)
         info = infos[name]
+        parts: dict[str, "torch.Tensor"] = {}
+        if (visit is not None or judge is not None) and a.learned and a.role != "other":
+            try:
+                parts = canonical_parts(a, tensor, family=family, config=config)
+            except (RuntimeError, ValueError, IndexError):
+                # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
+                warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
+                                "not fingerprinted")
+            if visit is not None:
+                for role, part in parts.items():
+                    visit(role, a.block, a.part, part)
+        elif a.learned and family == "unknown" and tensor.ndim == 2:
+            parts = {"other": tensor}
+            if visit is not None:
+                visit("other", a.block, a.part, tensor)
+        informative, why = _verdict(judge, parts, family, a.part, a.role)
         records.append(
             TensorRecord(
                 name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest,
                 stats.mean, stats.std, stats.kurtosis, stats.distinct_values, stats.sample_size,
+                informative, why,
             )
         )
-        if visit is not None and a.learned and a.role != "other":
-            try:
-                parts = canonical_parts(a, tensor, family=family, config=config)
-            except (RuntimeError, ValueError, IndexError):
-                parts = {}  # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
-                warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
-                                "not fingerprinted")
-            for role, part in parts.items():
-                visit(role, a.block, a.part, part)
-        elif visit is not None and a.learned and family == "unknown" and tensor.ndim == 2:
-            visit("other", a.block, a.part, tensor)
         done += info.size_bytes
         if progress is not None:
             progress(done, total)
@@ -191,6 +210,27 @@ def scan_model(
         tensors=tuple(records),
         warnings=tuple(warnings),
     )
+
+
+def _verdict(
+    judge: Judge | None, parts: dict[str, "torch.Tensor"], family: str, part: str, stored_role: str,
+) -> tuple[bool | None, str | None]:
+    """``(informative, reason)`` of one stored tensor: its identity matrices, judged (``None``: none to judge).
+
+    A fused tensor (``attn.qkv``) is one stored row: one degenerate part marks
+    all of it, so the streamed tests leave out every part (never evidence
+    from a degenerate one, at the cost of its siblings).
+    """
+    if judge is None or part != "weight":
+        return None, None
+    matrices = {role: t for role, t in parts.items()
+                if t.ndim == 2 and (role in IDENTITY_ROLES or (family == "unknown" and role == "other"))}
+    fused = set(matrices) != {stored_role}
+    for role, t in matrices.items():
+        why = judge(t)
+        if why is not None:
+            return False, f"{role}: {why}" if fused else why
+    return (True, None) if matrices else (None, None)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

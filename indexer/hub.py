@@ -23,8 +23,10 @@ This module imports nothing from the registry but its errors.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +44,7 @@ __all__ = [
     "HubClient",
     "RangeReader",
     "weight_files",
+    "hub_file",
     "lite_tensor_names",
     "declared_from_card",
     "is_offline",
@@ -172,6 +175,44 @@ def retry_after(exc: BaseException) -> float | None:
     return None
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def hub_file(repo_id: str, name: object) -> str:
+    """``name``, a file name the hub handed over, refused unless it stays inside the model folder.
+
+    The repo's file list and a shard index's ``weight_map`` are data from the
+    network: a name is joined to the local cache folder, or to a URL, only
+    when it is a plain relative path: not empty, not absolute (nor a Windows
+    drive), no ``.``/``..``/empty part, no backslash, no control character
+    (NUL, ESC ...). Checked before anything is downloaded or read by range.
+
+    Raises
+    ------
+    HubError
+        Naming the repo and the refused name (escaped: no raw control character reaches a terminal).
+
+    Examples
+    --------
+    >>> hub_file("org/m", "model-00001-of-00002.safetensors")
+    'model-00001-of-00002.safetensors'
+    >>> hub_file("org/m", "../../.bashrc")
+    Traceback (most recent call last):
+    ...
+    mothertree.registry.errors.HubError: Hub repo 'org/m': the hub lists the file '../../.bashrc', which is not a plain relative path inside the model folder: refused
+    """
+    if not (
+        isinstance(name, str) and name and not name.startswith("/") and "\\" not in name and not _DRIVE.match(name)
+        and not any(unicodedata.category(c) == "Cc" for c in name)
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    ):
+        raise HubError(
+            repo_id, f"the hub lists the file {name!r}, which is not a plain relative path inside the model folder: "
+            "refused"
+        )
+    return name
+
+
 def weight_files(repo_id: str, files: tuple[str, ...]) -> tuple[str, ...]:
     """The weight files indexing needs among a repo's root files, safetensors first.
 
@@ -264,6 +305,7 @@ class RangeReader:
 
     def read(self, filename: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``filename``."""
+        hub_file(self.repo_id, filename)
         from huggingface_hub import get_session, hf_hub_url
         from huggingface_hub.utils import hf_raise_for_status
 
@@ -345,6 +387,8 @@ class HubClient:
         """One file of the revision into the cache; returns its path and bytes downloaded (0 if cached)."""
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+        hub_file(info.repo_id, filename)
+
         cached = try_to_load_from_cache(info.repo_id, filename, cache_dir=self.cache_dir, revision=info.sha)
         path = Path(
             hf_hub_download(
@@ -366,9 +410,10 @@ class HubClient:
         path, n = self._get(info, index_file)
         try:
             weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            shards = tuple(dict.fromkeys(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UnreadableWeightsError(f"{info.repo_id}/{index_file}", f"no readable weight_map ({exc})") from None
-        return tuple(dict.fromkeys(weight_map.values())), n
+        return tuple(hub_file(info.repo_id, f) for f in shards), n
 
     def download(self, info: HubModelInfo) -> tuple[Path, int, int]:
         """Fetch config, card, adapter config and weights of one revision into the cache.

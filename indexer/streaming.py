@@ -79,6 +79,10 @@ class StreamingWeightMap(Mapping):
                     self._where[(role, a.block)] = (name, role)
                     self._shapes[(role, a.block)] = tuple(part.shape)
         self._order = sorted(self._where, key=lambda k: (-1 if k[1] is None else k[1], k[0]))
+        #: Keys judged degenerate, with why (every other key was judged informative); ``None`` until
+        #: the caller sets it. Lineage's tests leave these keys out without reading them (their
+        #: ``drop_degenerate``); the registry fills it from the verdicts stored when it indexed.
+        self.degenerate: dict[Key, str] | None = None
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -110,6 +114,10 @@ class StreamingWeightMap(Mapping):
     def shape_of(self, key: Key) -> tuple[int, ...]:
         """The canonical ``[out, in]`` shape of ``key``, from the header."""
         return self._shapes[key]
+
+    def stored_name(self, key: Key) -> str:
+        """The name, in the files, of the stored tensor ``key`` is read from (a fused one serves several keys)."""
+        return self._where[key][0]
 
     @property
     def blocks(self) -> tuple[int, ...]:

@@ -8,9 +8,11 @@ No SQL, no files, no FAISS here. Inputs are WeightMaps
 - multiple testing: :func:`benjamini_hochberg`, :func:`holm`;
 - edge typing: :func:`classify_relation`, :func:`merge_fit`;
 - direction: :func:`orient`;
-- family recovery: :func:`recover_family`.
+- family recovery: :func:`recover_family`;
+- degenerate weights (no evidence of lineage): :func:`degenerate_reason`.
 """
 
+from ._validation import degenerate_reason
 from .direction import Direction, DirectionSignals, orient
 from .independence import (
     IndependenceResult,
@@ -49,4 +51,5 @@ __all__ = [
     "PairEvidence",
     "TreeEdge",
     "recover_family",
+    "degenerate_reason",
 ]

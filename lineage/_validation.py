@@ -30,6 +30,7 @@ __all__ = [
     "degenerate_reason",
     "check_informative",
     "drop_degenerate",
+    "verdicts_of",
 ]
 
 
@@ -256,17 +257,66 @@ def _tensors_of(value: Any) -> tuple[torch.Tensor, ...]:
     return tuple(t for t in (getattr(value, "a", None), getattr(value, "b", None)) if isinstance(t, torch.Tensor))
 
 
+def verdicts_of(weights: Any) -> Mapping[Any, str] | None:
+    """The degenerate verdicts a lazily streamed map carries, or ``None`` when it carries none.
+
+    A streamed map (any Mapping that is not a dict) may expose ``degenerate``:
+    a mapping ``key -> reason`` of its tensors judged degenerate ahead of time
+    (the registry judges every tensor once, when it indexes the model); every
+    key not listed there was judged informative. Checking a streamed map here
+    instead would read the whole model before a block-by-block test starts.
+    """
+    verdicts = getattr(weights, "degenerate", None)
+    return verdicts if isinstance(verdicts, Mapping) else None
+
+
+class _Without(Mapping):
+    """A lazy map without some of its keys (degenerate tensors), read through it on demand."""
+
+    def __init__(self, weights: Mapping, dropped: set) -> None:
+        self._w = weights
+        self._keys = [k for k in weights if k not in dropped]
+        self._set = set(self._keys)
+
+    def __getitem__(self, key):
+        if key not in self._set:
+            raise KeyError(key)
+        return self._w[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._set
+
+    @property
+    def degenerate(self) -> Mapping[Any, str]:
+        return {}  # every degenerate key is gone: the rest was judged informative
+
+    def shape_of(self, key) -> tuple[int, ...]:
+        if hasattr(self._w, "shape_of"):
+            return tuple(self._w.shape_of(key))
+        return tuple(self._w[key].shape)
+
+
 def drop_degenerate(
     *maps: Mapping[Any, Any], names: Iterable[str] = ("a", "b")
-) -> tuple[tuple[dict, ...], tuple[str, ...]]:
+) -> tuple[tuple[Mapping, ...], tuple[str, ...]]:
     """Remove every key whose matrix is degenerate in any of ``maps``, from all of them.
 
     Values are matrices, or objects holding matrices as ``.a`` and ``.b``
     (``BlockActivations``). Returns the filtered maps and one note per map
     that lost keys, saying how many, why, and that they are excluded from the
-    evidence. When nothing degenerate is found the notes are empty. Lazily
-    streamed maps (any Mapping that is not a dict) are returned unchanged:
-    the check would read them whole.
+    evidence. When nothing degenerate is found the notes are empty.
+
+    An in-memory dict is checked here, tensor by tensor. A lazily streamed map
+    (any other Mapping) is not read: its verdicts come with it (see
+    :func:`verdicts_of`) and its degenerate keys are hidden behind a lazy view.
+    A streamed map without verdicts passes unchanged; a weight map of that
+    kind is checked as each tensor is read, and a degenerate one is refused.
 
     Examples
     --------
@@ -277,28 +327,30 @@ def drop_degenerate(
     >>> sorted(fa), notes
     ([('mlp.up', 1)], ("a: 1 of 2 tensors degenerate, excluded from the evidence: ('mlp.up', 0) constant (every value is 0)",))
     """
-    if not all(isinstance(m, dict) for m in maps):
-        # Streamed maps (models past the memory budget's share) read each tensor on demand and stop
-        # early; scanning every tensor here would read both models whole. They are passed through.
-        return tuple(maps), ()
     names = tuple(names)
     bad: set = set()
     notes = []
     for i, m in enumerate(maps):
-        found = []
-        for key, value in m.items():
-            reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
-            if reasons:
-                bad.add(key)
-                found.append((key, reasons[0]))
+        if isinstance(m, dict):
+            found = []
+            for key, value in m.items():
+                reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
+                if reasons:
+                    found.append((key, reasons[0]))
+        else:
+            verdicts = verdicts_of(m) or {}
+            found = [(key, verdicts[key]) for key in m if key in verdicts]
+        bad.update(key for key, _ in found)
         if found:
             label = names[i] if i < len(names) else f"map {i}"
             shown = "; ".join(f"{k!r} {why}" for k, why in found[:3]) + ("; ..." if len(found) > 3 else "")
             notes.append(f"{label}: {len(found)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
-    kept = tuple({k: v for k, v in m.items() if k not in bad} for m in maps)
+    kept = tuple(
+        {k: v for k, v in m.items() if k not in bad} if isinstance(m, dict)
+        else m if bad.isdisjoint(m) else _Without(m, bad)  # iterates keys: reads no tensor
+        for m in maps
+    )
     return kept, tuple(notes)
-
-
 
 
 def rejects(p_value_log10: float, alpha: float) -> bool:

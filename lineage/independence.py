@@ -40,6 +40,7 @@ import torch
 from ._validation import (
     check_alpha,
     check_choice,
+    check_informative,
     check_matrix,
     check_optional_positive_int,
     check_positive_int,
@@ -48,6 +49,7 @@ from ._validation import (
     drop_degenerate,
     json_float,
     rejects,
+    verdicts_of,
 )
 from .matching import (
     aligned_cosine_test,
@@ -288,7 +290,10 @@ class CheckedLazy(Mapping):
 
     Keys are checked at once; each value goes through ``check_matrix`` on
     access, so a block-by-block test never holds more than the block at hand.
-    ``shape_of(key)`` passes through when the wrapped map offers it.
+    ``shape_of(key)`` and the map's degenerate verdicts (``degenerate``, see
+    ``_validation.verdicts_of``) pass through. A map that carries no verdicts
+    has each tensor judged as it is read, and a degenerate one is refused: the
+    evidence is never built from it.
     """
 
     def __init__(self, weights: Mapping, name: str) -> None:
@@ -303,7 +308,12 @@ class CheckedLazy(Mapping):
         self._w, self._name = weights, name
 
     def __getitem__(self, key):
-        return check_matrix(self._w[key], f"{self._name}[{key[0]!r}, {key[1]!r}]")
+        check = check_matrix if self.degenerate is not None else check_informative
+        return check(self._w[key], f"{self._name}[{key[0]!r}, {key[1]!r}]")
+
+    @property
+    def degenerate(self) -> Mapping | None:
+        return verdicts_of(self._w)
 
     def __iter__(self):
         return iter(self._w)
@@ -338,6 +348,10 @@ class _BlockView(Mapping):
 
     def __contains__(self, key) -> bool:
         return key in self._keys
+
+    @property
+    def degenerate(self) -> Mapping | None:
+        return verdicts_of(self._w)
 
     def shape_of(self, key) -> tuple[int, ...]:
         return _shape(self._w, key)
@@ -929,7 +943,8 @@ def independence_test(
         return _with_notes(independence_test(
             a, b, method=method, activations_a=activations_a, activations_b=activations_b, alpha=alpha,
             max_units=max_units, max_features=max_features, n_permutations=n_permutations,
-            statistic=statistic, rng=rng), degenerate)
+            statistic=statistic, rng=rng, sequential=sequential, stop_log10=stop_log10,
+            look_units=look_units), degenerate)
     has_acts = activations_a is not None
     gen = check_rng(rng)
     obstacle = _exact_obstacle(a, b)

@@ -35,7 +35,7 @@ _MODEL_FIELDS = (
 #: Tensor record fields copied as they are onto each ``tensors`` row.
 _TENSOR_FIELDS = (
     "name", "role", "block", "part", "dtype", "size_bytes", "digest", "mean", "std", "kurtosis",
-    "distinct_values", "sample_size",
+    "distinct_values", "sample_size", "informative", "degenerate_reason",
 )
 
 
@@ -54,6 +54,7 @@ def read_model(
     """Read a model's weights once: tensor statistics and fingerprints (the slow half of indexing)."""
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
+    from ..lineage import degenerate_reason
 
     from ._naming import absolute_path, default_name
 
@@ -61,7 +62,8 @@ def read_model(
     label = label or default_name(source)
     cb = (lambda done, total: progress(label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
-    scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
+    # one pass: statistics, fingerprints and the degenerate verdict of every identity matrix
+    scan = scan_model(source, visit=fingerprinter.visit, judge=degenerate_reason, progress=cb)
     return ReadModel(scan, fingerprinter.finish())
 
 
@@ -226,6 +228,7 @@ def plan_reindex(conn: Connection, *, device: str = "auto") -> ReindexPlan:
 def _execute_reindex(conn: Connection, plan: ReindexPlan) -> ReindexReport:
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
+    from ..lineage import degenerate_reason
 
     done, problems = [], []
     for name in plan.unfingerprinted:

@@ -28,7 +28,7 @@ from ._queries import LineageView
 from ._resolve import PairRunner, ResolvePlan, ResolveReport
 from ._schema import Model, Tensor
 from ._vectors import ReindexPlan, ReindexReport
-from ._weights_cache import WeightsCache
+from ._weights_cache import WeightsCache, stored_verdicts
 from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ class Registry(Connection):
         self, url: str | None = None, *, upgrade: bool = True, force: bool = False, cache_bytes: int = 4 << 30,
     ) -> None:
         super().__init__(url, upgrade=upgrade, force=force)
-        self._pairs = PairTester(self, WeightsCache(cache_bytes, home=self.home))
+        self._pairs = PairTester(self, WeightsCache(
+            cache_bytes, home=self.home, verdicts=lambda digest: stored_verdicts(self.session, digest),
+        ))
 
     def __enter__(self) -> "Registry":
         return self

@@ -103,6 +103,10 @@ class Tensor(Base):
     kurtosis: Mapped[float | None] = mapped_column(Float)
     distinct_values: Mapped[int | None] = mapped_column(Integer)
     sample_size: Mapped[int | None] = mapped_column(Integer)
+    #: Judged while indexing (identity weight matrices only; None: not judged): False when the
+    #: tensor can carry no evidence of lineage, and tests leave it out (``lineage.degenerate_reason``).
+    informative: Mapped[bool | None] = mapped_column(Boolean)
+    degenerate_reason: Mapped[str | None] = mapped_column(Text)
 
     model: Mapped[Model] = relationship(back_populates="tensors")
 

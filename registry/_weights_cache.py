@@ -9,11 +9,34 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from sqlalchemy import select
+
+from ._schema import Model, Tensor
 from .settings import forward_max_params
 
-__all__ = ["WeightsCache", "LoadedModel"]
+__all__ = ["WeightsCache", "LoadedModel", "Verdicts", "stored_verdicts"]
+
+#: ``content digest -> {stored tensor name: why it is degenerate, or None when informative}``,
+#: for the tensors judged when the model was indexed.
+Verdicts = Callable[[str], "dict[str, str | None]"]
+
+
+def stored_verdicts(session_factory: Callable[[], Any], digest: str) -> dict[str, str | None]:
+    """The verdicts ``index`` stored for the weights of ``digest`` (empty when none were stored)."""
+    with session_factory() as s:
+        model_id = s.scalar(
+            select(Tensor.model_id).join(Model, Model.id == Tensor.model_id)
+            .where(Model.content_digest == digest, Tensor.informative.is_not(None)).limit(1)
+        )
+        if model_id is None:
+            return {}
+        rows = s.execute(
+            select(Tensor.name, Tensor.informative, Tensor.degenerate_reason)
+            .where(Tensor.model_id == model_id, Tensor.informative.is_not(None))
+        )
+        return {name: None if ok else (why or "degenerate") for name, ok, why in rows}
 
 #: Tokens per forward pass for phi_MATCH: 8 sequences of 64 seeded random tokens.
 _N_SEQ, _SEQ_LEN = 8, 64
@@ -33,10 +56,13 @@ LoadedModel = _Loaded
 class WeightsCache:
     """Weights (and activations) of models by ``(source, digest)``, at most ``cache_bytes`` of them."""
 
-    def __init__(self, cache_bytes: int = 4 << 30, *, home: Path | None = None) -> None:
+    def __init__(
+        self, cache_bytes: int = 4 << 30, *, home: Path | None = None, verdicts: Verdicts | None = None,
+    ) -> None:
         self._cache: OrderedDict[tuple[str, str | None], _Loaded] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._home = home  # activations are cached on disk under it (none: kept in memory)
+        self._verdicts = verdicts  # degenerate verdicts stored at index time, by content digest
 
     def load(self, source: str, digest: str | None = None, *, activations: bool = True) -> LoadedModel:
         """Weights (and, unless ``activations=False``, activations) of the model at ``source``."""
@@ -63,6 +89,8 @@ class WeightsCache:
         streamed = StreamingWeightMap(source)
         check_block_budget(streamed, f"'{source}'")
         weights = streamed.to_dict() if streamed.float32_bytes <= in_memory_limit() else streamed
+        if weights is streamed:  # the tests check a dict themselves; a streamed map carries its verdicts
+            streamed.degenerate = self._judged(streamed, digest)
         acts, notes = None, ()
         n_params = streamed.n_params
         if activations and n_params > forward_max_params():
@@ -104,4 +132,20 @@ class WeightsCache:
             self._cache.popitem(last=False)
         return loaded
 
+    def _judged(self, streamed: Any, digest: str | None) -> dict:
+        """Each degenerate key of a streamed model, with why: from the index, else judged now.
 
+        A tensor the index did not judge (a model indexed before verdicts were
+        stored, or a path that is not in the registry) is read once here, one
+        at a time: a test never builds evidence from a degenerate tensor.
+        """
+        from ..lineage import degenerate_reason
+
+        stored = self._verdicts(digest) if self._verdicts is not None and digest is not None else {}
+        out = {}
+        for key in streamed:
+            name = streamed.stored_name(key)
+            why = stored[name] if name in stored else degenerate_reason(streamed[key])
+            if why is not None:
+                out[key] = why
+        return out

@@ -117,7 +117,7 @@ def test_downgrade_to_an_unknown_revision(cli, tmp_path):
     code, out, err = cli("--db", str(db), "db", "downgrade", "nosuchrev")
     assert (code, out) == (1, "")
     assert err == (f"Error: Cannot downgrade the database at sqlite:///{db} to 'nosuchrev': Can't locate revision "
-                   "identified by 'nosuchrev'. Revisions: base, 0001, 0002, 0003, 0004, 0005, 0006; see the current one with: "
+                   "identified by 'nosuchrev'. Revisions: base, 0001, 0002, 0003, 0004, 0005, 0006, 0008; see the current one with: "
                    "mothertree db current\n")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import torch
 
@@ -108,3 +110,52 @@ def test_drop_degenerate_removes_keys_from_every_map():
     b = {("x", 0): _randn((8, 4)), ("y", 0): _randn((8, 4))}
     (fa, fb), notes = drop_degenerate(a, b)
     assert list(fa) == list(fb) == [("y", 0)] and notes[0].startswith("a: 1 of 2 tensors degenerate")
+
+
+class _Lazy(Mapping):
+    """A streamed WeightMap as the registry hands it over: keys and shapes up front, reads counted."""
+
+    def __init__(self, weights: dict, degenerate: dict | None) -> None:
+        self._w, self.degenerate, self.reads = weights, degenerate, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self._w[key].clone()
+
+    def __iter__(self):
+        return iter(self._w)
+
+    def __len__(self) -> int:
+        return len(self._w)
+
+    def shape_of(self, key):
+        return tuple(self._w[key].shape)
+
+
+def test_a_streamed_map_leaves_its_judged_keys_out_unread_with_the_in_memory_notes():
+    base = _model(_randn)
+    child = {k: v + 0.1 * torch.randn(v.shape, generator=G) for k, v in base.items()}
+    child[("mlp.up", 1)] = torch.zeros(64, 32)
+    lazy = _Lazy(child, {("mlp.up", 1): degenerate_reason(child[("mlp.up", 1)])})
+    r = independence_test(base, lazy, sequential=True)
+    assert r.dependent and ("mlp.up", 1) not in lazy.reads
+    assert r.notes[:1] == independence_test(base, child).notes[:1]  # the same note as a dict gets
+    rel = classify_relation(base, _Lazy(child, lazy.degenerate))
+    assert any("1 of 15 tensors degenerate" in n for n in rel.notes)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "constant", "tied"])
+def test_an_all_degenerate_streamed_model_gives_no_evidence(kind):
+    bad = _model(DEGENERATE[kind])
+    lazy = _Lazy(bad, {k: degenerate_reason(v) for k, v in bad.items()})
+    for method in ("auto", "exact"):
+        r = independence_test(lazy, _model(_randn), method=method, sequential=True)
+        assert not r.dependent and r.p_value == 1.0 and lazy.reads == []
+        assert any("no informative tensor" in n for n in r.notes)
+    assert classify_relation(_model(_randn), lazy).relation == "unknown"
+
+
+def test_a_streamed_map_without_verdicts_refuses_a_degenerate_tensor_when_read():
+    bad = _model(DEGENERATE["zeros"])
+    with pytest.raises(ValueError, match=r"a\[.*\]: expected an informative matrix, got a degenerate one: constant"):
+        independence_test(_Lazy(bad, None), _model(_randn), method="exact")

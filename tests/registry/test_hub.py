@@ -183,3 +183,65 @@ def test_client_defaults_follow_huggingface_hub_constants(fake_hub):
     client = HubClient()
     assert client.endpoint == fake_hub.url
     assert [m.repo_id for m in client.list_models(author="gpt")][-1] == "gpt/gpt2-base"
+
+
+#: File names a hostile (or broken) hub may list: each must be refused before any request for it.
+HOSTILE_NAMES = (
+    "../../../escape.safetensors", "/tmp/absolute.safetensors", "shards/../../up.safetensors",
+    "..\\..\\windows.safetensors", "C:evil.safetensors", "nul\x00byte.safetensors", "\x1b[2Jesc.safetensors",
+    "./dot.safetensors", "double//slash.safetensors",
+)
+
+
+def _requested(fake_hub, name: str) -> int:
+    return sum(n for (_route, _repo, f), n in fake_hub.requests.items() if f == name)
+
+
+@pytest.mark.parametrize("lite", [False, True], ids=["download", "lite"])
+def test_hostile_shard_names_in_an_index_are_refused_before_any_request(fake_hub, tmp_path, lite):
+    import json
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    repo_id = "shard/llama-base-sharded"
+    repo = fake_hub.repos[repo_id]
+    index = json.loads(repo.files["model.safetensors.index.json"])
+    first = sorted(set(index["weight_map"].values()))[0]
+    when = repo.last_modified
+    for name in HOSTILE_NAMES:
+        repo.files[name] = repo.files[first]  # a naive client would fetch it and write it wherever it points
+        weight_map = {t: (name if f == first else f) for t, f in index["weight_map"].items()}
+        when += timedelta(minutes=1)
+        fake_hub.touch(repo_id, "model.safetensors.index.json", json.dumps({**index, "weight_map": weight_map}).encode(), when)
+        result = index_hub(reg, [repo_id], lite=lite, retry=FAST).results[0]
+        assert result.status == "failed" and result.attempts == 1, (name, result)
+        assert f"the hub lists the file {name!r}, which is not a plain relative path" in result.error
+        assert "\x1b" not in result.error and "\x00" not in result.error
+        assert _requested(fake_hub, name) == 0, name
+        assert repo_id not in _rows(reg, Model)
+    reg.close()
+
+
+def test_hostile_names_in_the_file_list_are_refused_before_any_request(fake_hub, tmp_path):
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    repo_id = "acme/llama-alt"
+    repo = fake_hub.repos[repo_id]
+    weights = repo.files.pop("model.safetensors")  # loose safetensors files at the root are read as they are listed
+    when = repo.last_modified
+    for name in ("..\\..\\evil.safetensors", "\x1b]0;pwned\x07.safetensors", "C:evil.safetensors"):
+        repo.files = {n: b for n, b in repo.files.items() if n.endswith((".json", ".md"))}
+        when += timedelta(minutes=1)
+        fake_hub.touch(repo_id, name, weights, when)
+        result = index_hub(reg, [repo_id], retry=FAST).results[0]
+        assert result.status == "failed" and "not a plain relative path inside the model folder" in result.error
+        assert _requested(fake_hub, name) == 0 and repo_id not in _rows(reg, Model)
+    reg.close()
+
+
+def test_hub_file_accepts_plain_relative_names_and_refuses_the_rest():
+    from mothertree.indexer.hub import hub_file
+
+    for ok in ("model.safetensors", "model-00001-of-00002.safetensors", "onnx/model.onnx", "a..b.safetensors"):
+        assert hub_file("org/m", ok) == ok
+    for bad in (*HOSTILE_NAMES, "", None, 3, ["x"], "trailing/", "\u0085next-line.safetensors"):
+        with pytest.raises(HubError, match=r"Hub repo 'org/m': the hub lists the file .* refused"):
+            hub_file("org/m", bad)
