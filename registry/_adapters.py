@@ -57,15 +57,15 @@ def place_adapters(registry: "Connection") -> list[str]:
         bases.sort(key=lambda m: (m.id not in roots, m.created_at is None, str(m.created_at), m.name))
         plan = []
         for a in adapters:
-            cands = [b for b in bases if a.family == "unknown" or b.family == a.family]
+            cands = [b for b in bases if a.architecture == "unknown" or b.architecture == a.architecture]
             shapes = {
                 b.name: {t.name: tuple(t.shape) for t in s.scalars(select(Tensor).where(Tensor.model_id == b.id))}
                 for b in cands
             }
-            plan.append((a.id, a.name, a.source, a.family, shapes, _declared_matches(a, cands),
+            plan.append((a.id, a.name, a.source, a.architecture, shapes, _declared_matches(a, cands),
                          {b.name: (b.id, b.source) for b in cands}))
     results = []
-    for a_id, a_name, a_source, _fam, shapes, declared, ids in plan:
+    for a_id, a_name, a_source, _arch, shapes, declared, ids in plan:
         try:
             src = open_source(a_source)
             infos = read_header(src)

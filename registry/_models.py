@@ -70,8 +70,8 @@ class IndexReport:
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
-    family: str
-    architecture: str | None
+    architecture: str
+    model_class: str | None
     file_format: str
     num_blocks: int | None
     hidden_size: int | None
@@ -91,8 +91,8 @@ class ModelSummary:
     def from_row(cls, m: Model, role_counts: dict[str, int]) -> "ModelSummary":
         return cls(
             name=m.name,
-            family=m.family,
             architecture=m.architecture,
+            model_class=m.model_class,
             file_format=m.file_format,
             num_blocks=m.num_blocks,
             hidden_size=m.hidden_size,

@@ -198,14 +198,14 @@ REPORTS: tuple[NamedReport, ...] = (
         name="architectures",
         title="Models per architecture",
         sql=(
-            "SELECT COALESCE(architecture, family) AS architecture, COUNT(*) AS models,\n"
+            "SELECT COALESCE(model_class, architecture) AS architecture, COUNT(*) AS models,\n"
             "       SUM(num_parameters) AS parameters\n"
             "FROM models\n"
-            "GROUP BY COALESCE(architecture, family)\n"
+            "GROUP BY COALESCE(model_class, architecture)\n"
             "ORDER BY models DESC, architecture"
         ),
         params=(),
-        description="Indexed models per architecture (the config's class, else the role family).",
+        description="Indexed models per architecture (the config's model class, else the role-map architecture).",
     ),
     NamedReport(
         name="hub-status",

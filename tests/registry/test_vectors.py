@@ -184,7 +184,7 @@ def _synthetic(reg: Registry, n: int, dim: int, seed: int) -> np.ndarray:
     now = datetime.now(timezone.utc)
     with reg.session() as s:
         models = [
-            Model(name=f"m{i}", source="-", file_format="safetensors", family="llama", num_parameters=0,
+            Model(name=f"m{i}", source="-", file_format="safetensors", architecture="llama", num_parameters=0,
                   content_digest=f"{i:064d}", indexed_at=now)
             for i in range(n)
         ]
