@@ -9,8 +9,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..progress import Progress, note_step
 from ..registry import Registry
 from ..registry.settings import registry_home
 from .zoo import build_zoo
@@ -50,26 +51,25 @@ class DemoResult:
         }
 
 
-def run_demo(workdir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> DemoResult:
+def run_demo(workdir: str | Path | None = None, *, progress: Progress | None = None) -> DemoResult:
     """Build the demo zoo (cached), index it into a fresh registry and resolve its families.
 
     No timestamps are given to the registry: direction comes from the weights alone.
     """
-    say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else registry_home() / "demo"
     work.mkdir(parents=True, exist_ok=True)
-    say("building the demo model family (tiny transformers, trained for seconds)...")
-    zoo = build_zoo(work / "zoo", preset="demo", progress=say)
+    note_step(progress, "building the demo model family (tiny transformers, trained for seconds)...")
+    zoo = build_zoo(work / "zoo", preset="demo", progress=progress)
     db = work / "demo.db"
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(db.with_name(db.name + ".vectors"), ignore_errors=True)
     with Registry(str(db)) as reg:
         for m in zoo.models:
-            say(f"indexing {m.name}")
+            note_step(progress, f"indexing {m.name}")
             reg.index_one(m.path, name=m.name)
-        say("resolving families (candidates, independence tests, edge typing, direction)...")
-        reg.resolve(progress=say)
+        note_step(progress, "resolving families (candidates, independence tests, edge typing, direction)...")
+        reg.resolve(progress=progress)
         tree = reg.tree().to_dict()
     truth = tuple(zoo.edges())
     found = {(e["parent"], e["child"]) for e in tree["edges"]}

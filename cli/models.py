@@ -61,7 +61,7 @@ def index(
             return _hub.index_hub(ctx, hub, json_=json_)
         reg = st.registry(create=True)
         with st.reporter() as rep:
-            report = reg.index(local, name=name, progress=rep.bytes, keep_going=keep_going, device=device)
+            report = reg.index(local, name=name, progress=rep, keep_going=keep_going, device=device)
         for r in report.results:
             for w in r.warnings:
                 st.warn(f"{r.name}: {w}")

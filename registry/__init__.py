@@ -1,7 +1,7 @@
 """The lineage registry: schema, sessions, FAISS store, lineage queries and reports.
 
 Everything the ``mothertree`` command does is a method of :class:`Registry`
-(hub crawling is :mod:`._hub`'s functions taking a registry).
+(hub crawling is :mod:`._hub`'s functions taking a registry; one repo at a time in :mod:`._hub_repo`).
 """
 
 from . import _jobs as jobs

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..progress import Progress, note_read
 from ._candidates import fingerprint_rows
 from ._connection import Connection
 from ._models import IndexReport, IndexResult, utc_now
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["index_one", "index_many", "remove", "plan_reindex"]
-
-Progress = Callable[[str, int, int], None]
 
 #: Scan fields copied as they are onto the ``models`` row.
 _MODEL_FIELDS = (
@@ -48,7 +47,7 @@ def index_one(
 
     source = open_source(absolute_path(path))
     label = name or default_name(source)
-    cb = (lambda done, total: progress(label, done, total)) if progress else None
+    cb = (lambda done, total: note_read(progress, label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
     scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
     fingerprint = fingerprinter.finish()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..progress import Progress, note_done
 from ._models import as_utc, iso, utc_now
 from ._schema import Job, Model
 from .errors import MothertreeError
@@ -358,7 +359,7 @@ def work(
     poll_s: float = 1.0,
     stop: threading.Event | None = None,
     runner: Callable[["Registry", JobView], dict[str, Any]] = run_job,
-    progress: Callable[[JobView], None] | None = None,
+    progress: Progress | None = None,
 ) -> WorkReport:
     """Claim and run jobs one at a time until ``max_jobs`` ran, ``stop`` is set, or
     (with ``idle_exit``) no job is left."""
@@ -384,7 +385,7 @@ def work(
 
 def _settle(
     reg: "Registry", job: JobView, lease: "_Lease", *, result: dict[str, Any] | None = None,
-    error: str | None = None, progress: Callable[[JobView], None] | None = None,
+    error: str | None = None, progress: Progress | None = None,
 ) -> JobView:
     """End a claimed job: stop renewing its lease, record the error or the result, report it."""
     lease.stop()
@@ -393,8 +394,8 @@ def _settle(
     else:
         finish(reg, job, result or {})
     final = get_job(reg, job.id)
-    if progress is not None:
-        progress(final)
+    note_done(progress, final, f"job {final.id} {final.status:7} {final.kind} {final.target}"
+              + (f"  ({final.error})" if final.error else ""))
     return final
 
 
@@ -454,7 +455,7 @@ def work_ray(
     poll_s: float = 1.0,
     stop: threading.Event | None = None,
     worker: str | None = None,
-    progress: Callable[[JobView], None] | None = None,
+    progress: Progress | None = None,
 ) -> WorkReport:
     """Like :func:`work`, with each job's download, reading and fingerprinting run as a Ray task.
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import networkx as nx
 from sqlalchemy import delete, func, select, update
 
+from ..progress import Progress, note_step
 from ..serialize import to_jsonable
 from ._adapters import ADAPTER_FORMAT, place_adapters
 from ._connection import Connection
@@ -26,8 +27,6 @@ from ._schema import Edge, FamilyMember, Model, PairTest, ResolutionRun
 from .errors import ModelNotFoundError, MothertreeError, NoComparableTensorsError, RegistryError, UnreadableWeightsError
 
 __all__ = ["ResolvePlan", "ResolveReport", "plan_resolve"]
-
-Progress = Callable[[str], None]
 
 #: Ids per ``IN (...)`` list, well under SQLite's and PostgreSQL's parameter limits.
 _IN_CHUNK = 1000
@@ -213,18 +212,17 @@ def _families_to_solve(info, pending, pair_ids, dependent) -> tuple[tuple[str, .
 # -- execute -------------------------------------------------------------------
 def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, progress: Progress | None) -> ResolveReport:
     """Apply ``plan``: forget (full), test, control the FDR, re-solve the touched families."""
-    say = progress or (lambda msg: None)
     started = utc_now()
     _check_fresh(conn, plan)
     if plan.full:
         _forget_all(conn)
     info = _snapshot(conn)
-    _run_tests(conn, tester, plan, info, say)
+    _run_tests(conn, tester, plan, info, progress)
     dep, families = _fdr_and_families(conn, plan)
     warnings, failed, names = list(plan.warnings), set(), {m: i.name for m, i in info.items()}
     sources = {m: (i.source, i.digest) for m, i in info.items()}
     for comp, rows in families.items():
-        say(f"family of {names[comp[0]]}: {len(comp)} model(s)")
+        note_step(progress, f"family of {names[comp[0]]}: {len(comp)} model(s)")
         try:
             solve_and_store(conn, tester, comp, rows, info, sources, plan.alpha)
         except (MothertreeError, OSError, ValueError) as exc:
@@ -233,7 +231,7 @@ def execute_resolve(conn: Connection, tester: PairTester, plan: ResolvePlan, pro
             warnings.append(f"family of {names[comp[0]]} not resolved: {exc}")
             failed |= set(comp)
     if plan.adapters:
-        say(f"placing {len(plan.adapters)} adapter(s)")
+        note_step(progress, f"placing {len(plan.adapters)} adapter(s)")
         warnings.extend(place_adapters(conn))
     done = [m for m in plan.model_ids if m not in failed]
     edges, fams = _finish(conn, plan, started, done)
@@ -259,11 +257,11 @@ def _forget_all(conn: Connection) -> None:
         s.execute(update(Model).values(resolved_at=None))
 
 
-def _run_tests(conn: Connection, tester: PairTester, plan: ResolvePlan, info, say: Progress) -> None:
+def _run_tests(conn: Connection, tester: PairTester, plan: ResolvePlan, info, progress: Progress | None) -> None:
     """Test each planned pair and store its row (a failed test is stored as method ``none``)."""
     sources = {m: (i.source, i.digest) for m, i in info.items()}
     for i, (a, b) in enumerate(plan.pair_ids, 1):
-        say(f"testing {info[a].name} ~ {info[b].name} ({i}/{len(plan.pair_ids)})")
+        note_step(progress, f"testing {info[a].name} ~ {info[b].name} ({i}/{len(plan.pair_ids)})")
         try:
             row = tester.row(a, b, sources, (info[a].name, info[b].name), plan.alpha)
         except (NoComparableTensorsError, UnreadableWeightsError, OSError) as exc:
