@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ..progress import Progress, note_step
+from ..serialize import Serializable
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +93,7 @@ _CORPORA: Mapping[str, int] = {"A": 1001, "B": 1002, "C": 1003, "D": 1004, "E": 
 
 
 @dataclass(frozen=True)
-class BlockPermutation:
+class BlockPermutation(Serializable):
     """How one block of a permuted child reorders its parent's units.
 
     Convention: child unit ``i`` is parent unit ``mlp_units[i]`` (and child
@@ -104,16 +105,13 @@ class BlockPermutation:
     mlp_units: tuple[int, ...]
     heads: tuple[int, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"block": self.block, "mlp_units": list(self.mlp_units), "heads": list(self.heads)}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BlockPermutation":
         return cls(int(data["block"]), tuple(data["mlp_units"]), tuple(data["heads"]))
 
 
 @dataclass(frozen=True)
-class ZooModel:
+class ZooModel(Serializable):
     """Ground truth for one model folder of the zoo.
 
     Attributes
@@ -166,27 +164,6 @@ class ZooModel:
     kept_units: tuple[tuple[int, tuple[int, ...]], ...] | None = None
     permutation: tuple[BlockPermutation, ...] | None = None
     note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "family": self.family,
-            "arch": self.arch,
-            "parents": list(self.parents),
-            "relation": self.relation,
-            "format": self.format,
-            "created_at": self.created_at,
-            "dtype": self.dtype,
-            "corpus": self.corpus,
-            "merge_weights": None if self.merge_weights is None else list(self.merge_weights),
-            "block_map": None if self.block_map is None else [list(p) for p in self.block_map],
-            "kept_units": None if self.kept_units is None
-            else [[b, list(units)] for b, units in self.kept_units],
-            "permutation": None if self.permutation is None
-            else [p.to_dict() for p in self.permutation],
-            "note": self.note,
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ZooModel":

@@ -33,7 +33,8 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..progress import Progress, note_done
-from ._models import as_utc, iso, utc_now
+from ..serialize import Serializable
+from ._models import as_utc, utc_now
 from ._schema import Job, Model
 from .errors import MothertreeError
 
@@ -82,7 +83,7 @@ def worker_name() -> str:
 
 
 @dataclass(frozen=True)
-class JobView:
+class JobView(Serializable):
     """One job as stored."""
 
     id: int
@@ -106,24 +107,6 @@ class JobView:
             j.id, j.kind, j.target, j.revision, j.status, j.attempts, j.max_attempts, j.error, j.result,
             j.worker, as_utc(j.created_at), as_utc(j.started_at), as_utc(j.finished_at), as_utc(j.lease_expires_at),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "target": self.target,
-            "revision": self.revision,
-            "status": self.status,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "error": self.error,
-            "result": self.result,
-            "worker": self.worker,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "lease_expires_at": iso(self.lease_expires_at),
-        }
 
 
 def enqueue(
@@ -310,14 +293,11 @@ def place(reg: "Registry", model: str | None, status: str, *, resolve: bool = Tr
 
 
 @dataclass(frozen=True)
-class WorkReport:
+class WorkReport(Serializable):
     """What one ``work`` call did."""
 
     worker: str
     jobs: tuple[JobView, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "jobs": [j.to_dict() for j in self.jobs]}
 
 
 class _Lease:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..serialize import Serializable
 from ._schema import Model
 
 __all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso", "utc_now", "as_utc"]
@@ -117,7 +118,7 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
-class TensorSummary:
+class TensorSummary(Serializable):
     name: str
     role: str
     block: int | None
@@ -130,11 +131,6 @@ class TensorSummary:
     std: float | None
     kurtosis: float | None
     distinct_values: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["shape"] = list(self.shape)
-        return d
 
 
 @dataclass(frozen=True)

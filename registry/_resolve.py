@@ -16,7 +16,7 @@ import networkx as nx
 from sqlalchemy import delete, func, select, update
 
 from ..progress import Progress, note_step
-from ..serialize import to_jsonable
+from ..serialize import Serializable
 from ._adapters import ADAPTER_FORMAT, place_adapters
 from ._connection import Connection
 from ._families import solve_and_store
@@ -33,7 +33,7 @@ _IN_CHUNK = 1000
 
 
 @dataclass(frozen=True)
-class ResolveReport:
+class ResolveReport(Serializable):
     models_resolved: int
     pairs_tested: int
     dependent_pairs: int
@@ -42,9 +42,6 @@ class ResolveReport:
     alpha: float
     full: bool
     warnings: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
 
 
 @dataclass(frozen=True)
