@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..progress import Progress, note_read
+from ..progress import Progress
 from ._candidates import fingerprint_rows
 from ._connection import Connection
 from ._models import IndexReport, IndexResult, utc_now
@@ -47,9 +47,8 @@ def index_one(
 
     source = open_source(absolute_path(path))
     label = name or default_name(source)
-    cb = (lambda done, total: note_read(progress, label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
-    scan = scan_model(source, visit=fingerprinter.visit, progress=cb)
+    scan = scan_model(source, visit=fingerprinter.visit, progress=progress, label=label)
     fingerprint = fingerprinter.finish()
     warnings = scan.warnings + fingerprint.notes
     removed: list[int] = []
