@@ -196,7 +196,7 @@ def latency(
         now = datetime.now(timezone.utc)
         with reg.engine.begin() as conn:
             conn.execute(Model.__table__.insert(), [
-                {"id": i + 1, "name": f"m{i}", "source": "-", "file_format": "safetensors", "family": "x",
+                {"id": i + 1, "name": f"m{i}", "source": "-", "file_format": "safetensors", "architecture": "x",
                  "num_parameters": 0, "content_digest": "0", "indexed_at": now, "revision": 1,
                  "status": "indexed"}
                 for i in range(n)

@@ -10,8 +10,9 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..progress import Progress, note_step
 from ..registry import Registry
 from ..registry.settings import registry_home
 from .zoo import PRESETS, Zoo, build_zoo, preset_digests
@@ -52,7 +53,7 @@ class DemoResult:
 
 
 def run_demo(
-    workdir: str | Path | None = None, *, zoo: Zoo | None = None, progress: Callable[[str], None] | None = None,
+    workdir: str | Path | None = None, *, zoo: Zoo | None = None, progress: Progress | None = None,
 ) -> DemoResult:
     """Build the demo zoo (cached), index it into a fresh registry and resolve its families.
 
@@ -61,12 +62,11 @@ def run_demo(
     models weight for weight (the ``test`` zoo does); its demo models are
     indexed instead of building the demo's own zoo.
     """
-    say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else registry_home() / "demo"
     work.mkdir(parents=True, exist_ok=True)
     if zoo is None:
-        say("building the demo model family (tiny transformers, trained for seconds)...")
-        zoo = build_zoo(work / "zoo", preset="demo", progress=say)
+        note_step(progress, "building the demo model family (tiny transformers, trained for seconds)...")
+        zoo = build_zoo(work / "zoo", preset="demo", progress=progress)
     else:
         zoo = demo_models_of(zoo)
     db = work / "demo.db"
@@ -75,10 +75,10 @@ def run_demo(
     shutil.rmtree(db.with_name(db.name + ".vectors"), ignore_errors=True)
     with Registry(str(db)) as reg:
         for m in zoo.models:
-            say(f"indexing {m.name}")
+            note_step(progress, f"indexing {m.name}")
             reg.index_one(m.path, name=m.name)
-        say("resolving families (candidates, independence tests, edge typing, direction)...")
-        reg.resolve(progress=say)
+        note_step(progress, "resolving families (candidates, independence tests, edge typing, direction)...")
+        reg.resolve(progress=progress)
         tree = reg.tree().to_dict()
     truth = tuple(zoo.edges())
     found = {(e["parent"], e["child"]) for e in tree["edges"]}

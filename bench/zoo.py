@@ -41,6 +41,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from ..progress import Progress, note_step
+from ..serialize import Serializable
+
 if TYPE_CHECKING:
     import torch
 
@@ -91,7 +94,7 @@ _CORPORA: Mapping[str, int] = {"A": 1001, "B": 1002, "C": 1003, "D": 1004, "E": 
 
 
 @dataclass(frozen=True)
-class BlockPermutation:
+class BlockPermutation(Serializable):
     """How one block of a permuted child reorders its parent's units.
 
     Convention: child unit ``i`` is parent unit ``mlp_units[i]`` (and child
@@ -103,16 +106,13 @@ class BlockPermutation:
     mlp_units: tuple[int, ...]
     heads: tuple[int, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"block": self.block, "mlp_units": list(self.mlp_units), "heads": list(self.heads)}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BlockPermutation":
         return cls(int(data["block"]), tuple(data["mlp_units"]), tuple(data["heads"]))
 
 
 @dataclass(frozen=True)
-class ZooModel:
+class ZooModel(Serializable):
     """Ground truth for one model folder of the zoo.
 
     Attributes
@@ -165,27 +165,6 @@ class ZooModel:
     kept_units: tuple[tuple[int, tuple[int, ...]], ...] | None = None
     permutation: tuple[BlockPermutation, ...] | None = None
     note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "family": self.family,
-            "arch": self.arch,
-            "parents": list(self.parents),
-            "relation": self.relation,
-            "format": self.format,
-            "created_at": self.created_at,
-            "dtype": self.dtype,
-            "corpus": self.corpus,
-            "merge_weights": None if self.merge_weights is None else list(self.merge_weights),
-            "block_map": None if self.block_map is None else [list(p) for p in self.block_map],
-            "kept_units": None if self.kept_units is None
-            else [[b, list(units)] for b, units in self.kept_units],
-            "permutation": None if self.permutation is None
-            else [p.to_dict() for p in self.permutation],
-            "note": self.note,
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ZooModel":
@@ -880,12 +859,10 @@ def _build_environment() -> Iterator[None]:
 
 
 def _build(
-    root: Path, preset: str, recipes: Sequence[_Recipe], size: _Size,
-    progress: Callable[[str], None] | None,
+    root: Path, preset: str, recipes: Sequence[_Recipe], size: _Size, progress: Progress | None,
 ) -> Zoo:
     root = Path(root).resolve()
     digests = _digests(recipes, size)
-    names = [r.name for r in recipes]
     # name -> {"digest": ..., "truth": ZooModel.to_dict()} for every folder built here.
     cache: dict[str, dict[str, Any]] = _read_json(root / _BUILD_CACHE_NAME) or {}
 
@@ -893,31 +870,11 @@ def _build(
         entry = cache.get(name)
         return entry is not None and entry["digest"] == digests[name] and (root / name).is_dir()
 
-    manifest = _read_json(root / MANIFEST_NAME)
-    if (
-        manifest is not None
-        and manifest.get("preset") == preset
-        and manifest.get("spec_version") == SPEC_VERSION
-        and [m["name"] for m in manifest.get("models", [])] == names
-        and all(cached(n) for n in names)
-    ):
+    if _manifest_current(root, preset, [r.name for r in recipes], cached):
         return load_zoo(root)
-
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(root)
-    say = progress or (lambda _msg: None)
-    on_disk: dict[str, Any] = {}
-
-    def load(name: str) -> Any:
-        """A fresh float32 copy of a built model, read back from its folder."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        if name not in on_disk:
-            on_disk[name] = AutoModelForCausalLM.from_pretrained(root / name, dtype=torch.float32)
-        model = on_disk[name]
-        return _rebuild(model, {}, {k: v.clone() for k, v in model.state_dict().items()})
-
+    disk = _OnDisk(root)
     truths: list[ZooModel] = []
     with _build_environment():
         for i, r in enumerate(recipes):
@@ -928,28 +885,68 @@ def _build(
             if cached(r.name):
                 truths.append(dataclasses.replace(
                     ZooModel.from_dict(cache[r.name]["truth"]), **where))
-                say(f"reused {r.name}")
+                note_step(progress, f"reused {r.name}")
                 continue
             start = time.perf_counter()
-            model, fields = _OPS[r.op](r, size, load)
-            truth = ZooModel(name=r.name, arch=r.arch, parents=r.parents,
-                             **{"format": "safetensors", **fields, **where})
-            tmp = root / f".tmp-{r.name}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            _save(model, tmp, truth.format)
-            if (root / r.name).exists():
-                shutil.rmtree(root / r.name)
-            os.replace(tmp, root / r.name)
-            on_disk.pop(r.name, None)
+            truth = _build_one(root, r, size, disk, where)
             cache[r.name] = {"digest": digests[r.name], "truth": truth.to_dict()}
             _write_json_atomic(root / _BUILD_CACHE_NAME, cache)
             truths.append(truth)
-            say(f"built {r.name} ({time.perf_counter() - start:.1f} s)")
+            note_step(progress, f"built {r.name} ({time.perf_counter() - start:.1f} s)")
 
     zoo = Zoo(root=str(root), preset=preset, models=tuple(truths))
     _write_json_atomic(root / MANIFEST_NAME, zoo.to_dict())
     return zoo
+
+
+def _manifest_current(root: Path, preset: str, names: list[str], cached: Callable[[str], bool]) -> bool:
+    """Whether ``root`` already holds exactly this preset, every folder built from its current recipe."""
+    manifest = _read_json(root / MANIFEST_NAME)
+    return (
+        manifest is not None
+        and manifest.get("preset") == preset
+        and manifest.get("spec_version") == SPEC_VERSION
+        and [m["name"] for m in manifest.get("models", [])] == names
+        and all(cached(n) for n in names)
+    )
+
+
+class _OnDisk:
+    """Built models read back from their folders, each read once and handed out as fresh copies."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._models: dict[str, Any] = {}
+
+    def load(self, name: str) -> Any:
+        """A fresh float32 copy of a built model (a parent a recipe derives from)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if name not in self._models:
+            self._models[name] = AutoModelForCausalLM.from_pretrained(self.root / name, dtype=torch.float32)
+        model = self._models[name]
+        return _rebuild(model, {}, {k: v.clone() for k, v in model.state_dict().items()})
+
+    def forget(self, name: str) -> None:
+        """Drop the copy read before ``name``'s folder was rewritten."""
+        self._models.pop(name, None)
+
+
+def _build_one(root: Path, r: _Recipe, size: _Size, disk: _OnDisk, where: dict[str, Any]) -> ZooModel:
+    """Make one model by its recipe and write its folder: a temporary name, then a rename."""
+    model, fields = _OPS[r.op](r, size, disk.load)
+    truth = ZooModel(name=r.name, arch=r.arch, parents=r.parents,
+                     **{"format": "safetensors", **fields, **where})
+    tmp = root / f".tmp-{r.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _save(model, tmp, truth.format)
+    if (root / r.name).exists():
+        shutil.rmtree(root / r.name)
+    os.replace(tmp, root / r.name)
+    disk.forget(r.name)
+    return truth
 
 
 def _remove_stale_temporaries(root: Path) -> None:
@@ -981,7 +978,7 @@ def _timestamp(index: int) -> str:
 
 
 def build_zoo(
-    root: str | Path, *, preset: str = "test", progress: Callable[[str], None] | None = None
+    root: str | Path, *, preset: str = "test", progress: Progress | None = None
 ) -> Zoo:
     """Build (or reuse) the models of ``preset`` under ``root`` and return their ground truth.
 
@@ -1002,8 +999,8 @@ def build_zoo(
         ``"calibration"``: 10 independent Llama roots on one corpus (45 pairs);
         ``"mother"``: a 16-model Llama tree of full and LoRA fine-tunes;
         ``"bench"``: the ``"test"`` families at twice the width and more steps.
-    progress : callable, optional
-        Called with one line per model built or reused.
+    progress : Progress, optional
+        Told one step per model built or reused.
 
     Returns
     -------
@@ -1015,7 +1012,7 @@ def build_zoo(
 
 def build_calibration_roots(
     root: str | Path, n: int = 10, arch: str = "llama", *,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Zoo:
     """Build ``n`` independent roots on the same corpus, for calibrating null p-values.
 
@@ -1069,7 +1066,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root or default_zoo_dir(args.preset)
     start = time.perf_counter()
-    progress = None if args.quiet else (lambda msg: print(msg, flush=True))
+    progress = None if args.quiet else (lambda event: print(event.text, flush=True))
     zoo = build_zoo(root, preset=args.preset, progress=progress)
     elapsed = time.perf_counter() - start
     for m in zoo.models:

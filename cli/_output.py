@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 import threading
@@ -16,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ..registry import Registry
+from ..progress import ProgressEvent
 from ..serialize import to_jsonable
 from ..registry.errors import MothertreeError
 from ..registry.settings import debug
@@ -53,10 +53,12 @@ def _size(n: float) -> str:
 class Reporter:
     """Progress of long work on stderr: a live bar on a terminal, plain throttled lines otherwise.
 
-    ``bytes(label, done, total)`` follows a read (indexing) with an ETA;
-    ``message(text)`` reports a step, and a step written ``... (i/n)`` gets an
-    ETA from the steps done so far; ``heartbeat(text)`` says "still working"
-    every ``every_s`` seconds while a step without a known length runs.
+    A reporter is a :data:`mothertree.progress.Progress` handler: pass it as
+    ``progress=`` to any long registry operation. A read event goes to
+    ``bytes(label, done, total)`` (a bar, or lines with an ETA); any other event
+    to ``message(text)``, where a step written ``... (i/n)`` gets an ETA from the
+    steps done so far. ``heartbeat(text)`` says "still working" every
+    ``every_s`` seconds while a step without a known length runs.
     """
 
     def __init__(self, console: Console, *, enabled: bool = True, every_s: float = 10.0, first_s: float = 5.0) -> None:
@@ -80,6 +82,12 @@ class Reporter:
 
     def _line(self, text: str) -> None:
         self.console.print(safe(text), highlight=False, soft_wrap=True)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.is_read:
+            self.bytes(event.label or "", event.done or 0, event.total or 0)
+        else:
+            self.message(event.text)
 
     def bytes(self, label: str, done: int, total: int) -> None:
         if not self.enabled:

@@ -35,7 +35,7 @@ def demo(
         from ..bench.demo import run_demo
 
         with st.reporter() as rep:  # step lines on stderr as they happen, with an ETA for the tests
-            result = run_demo(workdir, progress=rep.message)
+            result = run_demo(workdir, progress=rep)
 
         def render(c: Console) -> None:
             c.print(f"Indexed {len(result.models)} models into {result.db}")

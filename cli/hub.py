@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..progress import Progress, ProgressEvent
 from ._app import app
 from ._options import JsonOpt
 from ._output import State, safe, state
@@ -21,13 +22,14 @@ BlocksOpt = Annotated[int, typer.Option("--blocks", min=1, help="Blocks a --lite
 RetriesOpt = Annotated[int, typer.Option("--retries", min=1, help="Tries per repo for HTTP 429/5xx and dropped connections.")]
 
 
-def _progress(st: State):
-    def show(r) -> None:
-        if r.status == "failed":
-            st.stderr.print(f"[red]Error:[/red] {safe(r.repo_id)}: {safe(r.error)} (after {r.attempts} tries)",
-                            highlight=False, soft_wrap=True)
+def _progress(st: State) -> Progress:
+    """Each repo as it finishes: a failure as an error line (also under --json), the rest as info."""
+    def show(event: ProgressEvent) -> None:
+        r = event.item
+        if r is not None and r.status == "failed":
+            st.stderr.print(f"[red]Error:[/red] {safe(event.text)}", highlight=False, soft_wrap=True)
         else:
-            st.info(f"{r.status:11} {r.repo_id}")
+            st.info(event.text)
 
     return show
 

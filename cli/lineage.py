@@ -28,7 +28,7 @@ def test_cmd(
     with state(ctx, json_).errors() as st:
         reg = st.registry(create=Path(a).exists() and Path(b).exists())
         with st.reporter() as rep, rep.heartbeat():
-            report = reg.test(a, b, method=method, alpha=alpha, progress=rep.message)
+            report = reg.test(a, b, method=method, alpha=alpha, progress=rep)
         d = report.to_dict()
 
         def render(c: Console) -> None:
@@ -67,7 +67,7 @@ def resolve(
             st.emit(d, lambda c: _render.print_plan(c, d))
             return
         with st.reporter() as rep:
-            report = plan.execute(progress=rep.message)
+            report = plan.execute(progress=rep)
         for w in report.warnings[len(plan.warnings):]:
             st.warn(w)
         d = report.to_dict()
@@ -93,7 +93,7 @@ def ancestry(
     """Parents of a model up to the roots, each edge with its evidence; reads only unless --add. In Python: Registry.ancestry(x, add=False)."""
     with state(ctx, json_).errors() as st:
         with st.reporter() as rep:
-            view = st.registry(create=add).ancestry(model, add=add, progress=rep.message).to_dict()
+            view = st.registry(create=add).ancestry(model, add=add, progress=rep).to_dict()
 
         def render(c: Console) -> None:
             if not view["edges"]:

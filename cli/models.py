@@ -61,7 +61,7 @@ def index(
             return _hub.index_hub(ctx, hub, json_=json_)
         reg = st.registry(create=True)
         with st.reporter() as rep:
-            report = reg.index(local, name=name, progress=rep.bytes, keep_going=keep_going, device=device)
+            report = reg.index(local, name=name, progress=rep, keep_going=keep_going, device=device)
         for r in report.results:
             for w in r.warnings:
                 st.warn(f"{r.name}: {w}")
@@ -94,7 +94,7 @@ def models(ctx: typer.Context, json_: JsonOpt = False) -> None:
             cols = [("name", 9), ("architecture", 6), ("blocks", 4), ("hidden", 3), ("params", 5), ("dtype", 2),
                     ("rev", 1)]
             c.print(fit_table(c, cols, [
-                [m.name, m.family, str(m.num_blocks or "-"), str(m.hidden_size or "-"), f"{m.num_parameters:,}",
+                [m.name, m.architecture, str(m.num_blocks or "-"), str(m.hidden_size or "-"), f"{m.num_parameters:,}",
                  m.dtype or "-", str(m.revision)]
                 for m in rows
             ]))
@@ -110,7 +110,7 @@ def show(ctx: typer.Context, model: ModelArg, json_: JsonOpt = False) -> None:
 
         def render(c: Console) -> None:
             m = detail.model
-            c.print(f"[bold]{safe(m.name)}[/bold]  {safe(m.architecture or m.family)}  revision {m.revision}")
+            c.print(f"[bold]{safe(m.name)}[/bold]  {safe(m.model_class or m.architecture)}  revision {m.revision}")
             c.print(f"source {safe(m.source)}")
             c.print(f"format {m.file_format}  digest {detail.content_digest[:16]}")
             c.print(f"blocks {m.num_blocks}  hidden {m.hidden_size}  mlp {m.mlp_width}  vocab {m.vocab_size}")

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..progress import ProgressEvent
 from ._app import app
 from ._options import JsonOpt
 from ._output import state
@@ -30,8 +31,8 @@ def worker(
     if address is not None and not ray:
         raise typer.BadParameter("an ADDRESS needs --ray")
     with state(ctx, json_).errors() as st:
-        def show(j) -> None:
-            st.info(f"job {j.id} {j.status:7} {j.kind} {j.target}" + (f"  ({j.error})" if j.error else ""))
+        def show(event: ProgressEvent) -> None:
+            st.info(event.text)
 
         try:
             if ray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..progress import Progress, note_read
 from .readers import WeightSource, iter_tensors, open_source, read_header
 from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
 from .stats import tensor_digest, tensor_statistics
@@ -106,7 +107,8 @@ def scan_model(
     *,
     visit: CanonicalVisitor | None = None,
     judge: Judge | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+    label: str | None = None,
 ) -> ModelScan:
     """Read every tensor once and return the model's records.
 
@@ -122,18 +124,32 @@ def scan_model(
         :class:`~mothertree.indexer.streaming.StreamingWeightMap` serves) in this
         same pass; its verdict goes on the tensor's record, so a streamed test
         can leave degenerate tensors out without reading the model again.
-    progress : callable, optional
-        ``progress(bytes_done, bytes_total)`` after each tensor.
+    progress : Progress, optional
+        Told the bytes read so far after each tensor (read events).
+    label : str, optional
+        What those events call the model (default: the folder's or file's name).
     """
     source = path if isinstance(path, WeightSource) else open_source(path)
     infos = read_header(source)
     config = source.config or {}
     family = detect_family(config, infos)
     warnings: list[str] = []
+    label = label or Path(source.root).name
+    records = _read_tensors(
+        source, infos, family, config, visit, judge, warnings,
+        lambda done, total: note_read(progress, label, done, total),
+    )
+    return _summarise(source, family, config, records, warnings)
+
+
+def _read_tensors(
+    source: WeightSource, infos: dict[str, Any], family: str, config: dict[str, Any],
+    visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str], read: Callable[[int, int], None],
+) -> list[TensorRecord]:
+    """One record per stored tensor (statistics and digest); each learned canonical part goes to ``visit``."""
     records: list[TensorRecord] = []
     total = sum(i.size_bytes for i in infos.values())
     done = 0
-    model_hash = hashlib.sha256()
     for name, tensor in iter_tensors(source, infos):
         a = assign_role(name, family)
         stats = tensor_statistics(tensor)
@@ -163,8 +179,15 @@ def scan_model(
             )
         )
         done += info.size_bytes
-        if progress is not None:
-            progress(done, total)
+        read(done, total)
+    return records
+
+
+def _summarise(
+    source: WeightSource, family: str, config: dict[str, Any], records: list[TensorRecord], warnings: list[str],
+) -> ModelScan:
+    """The model-level facts of a scan: digest, shape, dtype, declared bases, warnings."""
+    model_hash = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.name):
         model_hash.update(f"{r.name}\0{r.digest}\n".encode())
     learned = [r for r in records if r.part != "buffer"]

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..serialize import Serializable
+
 if TYPE_CHECKING:
     import torch
 
@@ -72,16 +74,13 @@ class DirectionSignals:
 
 
 @dataclass(frozen=True)
-class Direction:
+class Direction(Serializable):
     """``log_odds`` > 0 means ``a`` is the parent. ``confidence`` is that of the chosen side."""
 
     parent: str
     confidence: float
     log_odds: float
     reasons: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"parent": self.parent, "confidence": self.confidence, "log_odds": self.log_odds, "reasons": list(self.reasons)}
 
 
 def orient(signals: DirectionSignals) -> Direction:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from ..serialize import Serializable
 from ._validation import (
     check_alpha,
     check_choice,
@@ -117,7 +118,7 @@ _RESIDUAL_TEST_ROLES = ("embed.tokens", "embed.positions", "embed.token_type", "
 
 
 @dataclass(frozen=True)
-class BlockResult:
+class BlockResult(Serializable):
     """The test of one block of model a against one block of model b.
 
     Attributes
@@ -153,25 +154,9 @@ class BlockResult:
     aligned_p_value_log10: float | None = None
     kept_units: tuple[int, ...] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "block_a": self.block_a,
-            "block_b": self.block_b,
-            "test": self.test,
-            "statistic": json_float(self.statistic),
-            "p_value": json_float(self.p_value),
-            "p_value_log10": json_float(self.p_value_log10),
-            "n_units": self.n_units,
-            "matching_p_value_log10": json_float(self.matching_p_value_log10),
-            "aligned_z": None if self.aligned_z is None else json_float(self.aligned_z),
-            "aligned_p_value_log10": None if self.aligned_p_value_log10 is None
-            else json_float(self.aligned_p_value_log10),
-            "kept_units": self.kept_units,
-        }
-
 
 @dataclass(frozen=True)
-class ComponentResult:
+class ComponentResult(Serializable):
     """One sub-test whose p-value entered the combined result.
 
     ``name`` is ``"phi_u"``, ``"residual"``, ``"phi_match"`` or ``"permtest"``.
@@ -182,15 +167,6 @@ class ComponentResult:
     p_value: float
     p_value_log10: float
     null: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "statistic": json_float(self.statistic),
-            "p_value": json_float(self.p_value),
-            "p_value_log10": json_float(self.p_value_log10),
-            "null": self.null,
-        }
 
 
 @dataclass(frozen=True)
@@ -753,7 +729,7 @@ def permutation_test(
 
 
 @dataclass(frozen=True)
-class TensorEvidence:
+class TensorEvidence(Serializable):
     """Whether one tensor looks shared between two models.
 
     ``axis`` is the axis whose entries are exchangeable under the null:
@@ -769,17 +745,6 @@ class TensorEvidence:
     matching_p_value_log10: float
     aligned_z: float
     aligned_p_value_log10: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "block": self.block,
-            "axis": self.axis,
-            "matching_statistic": json_float(self.matching_statistic),
-            "matching_p_value_log10": json_float(self.matching_p_value_log10),
-            "aligned_z": json_float(self.aligned_z),
-            "aligned_p_value_log10": json_float(self.aligned_p_value_log10),
-        }
 
 
 def tensor_evidence(

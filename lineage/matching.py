@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import optimize, special, stats
 
+from ..serialize import Serializable
 from ._validation import (
     check_informative,
     check_log10_p,
@@ -38,7 +39,6 @@ from ._validation import (
     check_rng,
     check_same_columns,
     check_same_shape,
-    json_float,
 )
 
 __all__ = [
@@ -290,7 +290,7 @@ def spearman_identity_log10_p(x: Sequence[int], y: Sequence[int]) -> tuple[float
 
 
 @dataclass(frozen=True)
-class MatchingResult:
+class MatchingResult(Serializable):
     """One phi_U-style test: units of one model matched to the other's.
 
     Attributes
@@ -314,17 +314,6 @@ class MatchingResult:
     units_a: tuple[int, ...]
     units_b: tuple[int, ...]
     null: str = "the first model's units are exchangeable (independent initializations)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "statistic": json_float(self.statistic),
-            "p_value": json_float(self.p_value),
-            "p_value_log10": json_float(self.p_value_log10),
-            "n_units": self.n_units,
-            "units_a": self.units_a,
-            "units_b": self.units_b,
-            "null": self.null,
-        }
 
 
 def sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -414,7 +403,7 @@ def matching_result_from_similarities(sim: torch.Tensor, rows: np.ndarray, swapp
 
 
 @dataclass(frozen=True)
-class AlignedResult:
+class AlignedResult(Serializable):
     """The matching-free aligned statistic ``S = sum_i cos(a_i, b_i)`` and its normal p-value.
 
     Attributes
@@ -440,18 +429,6 @@ class AlignedResult:
     p_value_log10: float
     n_units: int
     null: str = "the first model's rows are exchangeable (normal approximation, Hoeffding CLT)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "statistic": json_float(self.statistic),
-            "mean": json_float(self.mean),
-            "std": json_float(self.std),
-            "z": json_float(self.z),
-            "p_value": json_float(self.p_value),
-            "p_value_log10": json_float(self.p_value_log10),
-            "n_units": self.n_units,
-            "null": self.null,
-        }
 
 
 def aligned_cosine_test(a: Any, b: Any, *, max_units: int | None = None, rng: Any = None) -> AlignedResult:

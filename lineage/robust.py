@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..serialize import Serializable
 from ._validation import check_choice, check_informative, check_matrix, check_optional_positive_int, check_rng, json_float
 from .matching import sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
 
@@ -91,7 +92,7 @@ def block_activations(views: Mapping[int, Sequence[Any]]) -> dict[int, BlockActi
 
 
 @dataclass(frozen=True)
-class MatchConsistencyResult:
+class MatchConsistencyResult(Serializable):
     """phi_MATCH on one block pair.
 
     Attributes
@@ -118,18 +119,6 @@ class MatchConsistencyResult:
     units_a: tuple[int, ...]
     units_b: tuple[int, ...]
     null: str = "the two views' matchings are independent (empirical null, calibrate on independent pairs)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "statistic": json_float(self.statistic),
-            "p_value": json_float(self.p_value),
-            "p_value_log10": json_float(self.p_value_log10),
-            "n_units": self.n_units,
-            "agreement": json_float(self.agreement),
-            "units_a": self.units_a,
-            "units_b": self.units_b,
-            "null": self.null,
-        }
 
 
 def _check_activations(x: Any, name: str) -> BlockActivations:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import networkx as nx
+
+from ..serialize import Serializable
 
 __all__ = ["PairEvidence", "TreeEdge", "FamilyTree", "recover_family"]
 
@@ -67,7 +69,7 @@ class PairEvidence:
 
 
 @dataclass(frozen=True)
-class TreeEdge:
+class TreeEdge(Serializable):
     parent: Hashable
     child: Hashable
     relation: str
@@ -76,22 +78,12 @@ class TreeEdge:
     containment: float | None = None
     notes: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "parent": self.parent, "child": self.child, "relation": self.relation,
-            "direction_confidence": self.direction_confidence, "low_confidence": self.low_confidence,
-            "containment": self.containment, "notes": list(self.notes),
-        }
-
 
 @dataclass(frozen=True)
-class FamilyTree:
+class FamilyTree(Serializable):
     nodes: tuple[Hashable, ...]
     edges: tuple[TreeEdge, ...]
     roots: tuple[Hashable, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"nodes": list(self.nodes), "edges": [e.to_dict() for e in self.edges], "roots": list(self.roots)}
 
 
 def _sigmoid(x: float) -> float:

@@ -13,7 +13,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["to_jsonable", "json_float"]
+__all__ = ["to_jsonable", "json_float", "Serializable"]
 
 
 def json_float(value: float) -> float | None:
@@ -56,3 +56,27 @@ def to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
         return to_jsonable(obj.item())
     return obj
+
+
+class Serializable:
+    """Mixin for result dataclasses whose JSON form is their fields: ``to_dict()`` is :func:`to_jsonable`.
+
+    A result whose JSON differs from its fields (renamed keys, computed
+    values) writes its own ``to_dict`` and still builds it with
+    :func:`to_jsonable`, so the NaN rule stays the one above.
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Hit(Serializable):
+    ...     name: str
+    ...     score: float
+    >>> Hit("a", float("inf")).to_dict()
+    {'name': 'a', 'score': None}
+    """
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)

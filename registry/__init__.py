@@ -1,11 +1,10 @@
 """The lineage registry: schema, sessions, FAISS store, lineage queries and reports.
 
 Everything the ``mothertree`` command does is a method of :class:`Registry`
-(hub crawling is :mod:`._hub`'s functions taking a registry).
+(hub crawling is :mod:`._hub`'s functions taking a registry; one repo at a time in :mod:`._hub_repo`).
 """
 
-from . import _jobs as jobs
-from . import errors, reports, settings
+from . import errors, jobs, reports, settings
 from ._db import head_revision as schema_head
 from ._hub import HubIndexResult, HubReport, RetryPolicy, crawl_hub, index_cache, index_hub
 from ._hub_ray import RayFanOut

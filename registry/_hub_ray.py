@@ -3,22 +3,22 @@
 The driver (the crawling process) reads the listing, skips repos whose sha is
 indexed, and keeps at most ``parallel`` repos in flight. Each task downloads
 one revision into its node's Hugging Face cache and reads it
-(:func:`._hub.fetch_repo`), writing nothing; the driver writes what it
-returns (:func:`._hub.write_fetched`): the model's rows and hub fields in one
-transaction, then its vectors, read from those committed rows, into the FAISS
-files (one writer: :mod:`._faiss_lock`). The crawl cursor and watermark are
-kept by :func:`._hub.crawl_hub` as for a crawl in one process.
+(:func:`._hub_repo.fetch_repo`), writing nothing; the driver writes what it
+returns (:func:`._hub_repo.write_fetched`): the model's rows and hub fields in
+one transaction, then its vectors, read from those committed rows, into the
+FAISS files (one writer: the lock of :mod:`._faiss_index`). The crawl cursor
+and watermark are kept by :func:`._hub.crawl_hub` as for a crawl in one process.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator, Iterable
 
-from ._hub import HubIndexResult, RetryPolicy, indexed_sha, fetch_repo, write_fetched
+from ._hub_repo import HubIndexResult, RetryPolicy, fetch_repo, indexed_sha, write_fetched
 
 if TYPE_CHECKING:
     from ..indexer.hub import HubClient, HubListing
-    from ._hub import FetchedRepo
+    from ._hub_repo import FetchedRepo
     from ._registry import Registry
 
 __all__ = ["RayFanOut"]

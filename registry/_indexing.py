@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..progress import Progress
 from ._candidates import fingerprint_rows
 from ._connection import Connection
 from ._models import IndexReport, IndexResult, utc_now
@@ -25,12 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ReadModel", "read_model", "write_model", "index_one", "index_many", "remove", "plan_reindex"]
 
-Progress = Callable[[str, int, int], None]
-
 #: Scan fields copied as they are onto the ``models`` row.
 _MODEL_FIELDS = (
-    "family", "architecture", "model_type", "num_blocks", "hidden_size", "mlp_width", "vocab_size",
-    "num_parameters", "dtype", "content_digest",
+    "model_type", "num_blocks", "hidden_size", "mlp_width", "vocab_size", "num_parameters", "dtype",
+    "content_digest",
 )
 #: Tensor record fields copied as they are onto each ``tensors`` row.
 _TENSOR_FIELDS = (
@@ -60,10 +59,9 @@ def read_model(
 
     source = open_source(absolute_path(path))
     label = label or default_name(source)
-    cb = (lambda done, total: progress(label, done, total)) if progress else None
     fingerprinter = Fingerprinter(device=device, config=source.config)
     # one pass: statistics, fingerprints and the degenerate verdict of every identity matrix
-    scan = scan_model(source, visit=fingerprinter.visit, judge=degenerate_reason, progress=cb)
+    scan = scan_model(source, visit=fingerprinter.visit, judge=degenerate_reason, progress=progress, label=label)
     return ReadModel(scan, fingerprinter.finish())
 
 
@@ -135,6 +133,9 @@ def _write_revision(s: Session, existing: Model | None, label: str, source, scan
     model.file_format = source.format + ("-sharded" if source.sharded else "")
     for f in _MODEL_FIELDS:
         setattr(model, f, getattr(scan, f))
+    # The indexer's role-map "family" is the architecture; the config's class is the model class.
+    model.architecture = scan.family
+    model.model_class = scan.architecture
     model.config = source.config
     model.declared_base_models = list(scan.declared_base_models) or None
     model.created_at = created_at or model.created_at

@@ -15,38 +15,42 @@ has used ``max_attempts`` (a poison job, or one that kills its workers) stops
 as ``failed`` with its last error kept. The work itself is idempotent: the
 registry skips weights whose content digest is stored and hub revisions whose
 sha is indexed, so a job re-run after a crash adds no duplicate rows or vectors.
+
+This module is the queue and the work of one job; the loops that claim and
+run jobs (locally, or as Ray tasks) are :mod:`._job_workers`, and callers
+import both through :mod:`.jobs`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ._models import as_utc, iso, utc_now
+from ..serialize import Serializable
+from ._models import as_utc, utc_now
 from ._schema import Job
 from .errors import MothertreeError
 
 if TYPE_CHECKING:
-    from ._hub import FetchedRepo, HubIndexResult
-    from ._indexing import ReadModel
+    from ._hub_repo import HubIndexResult
     from ._registry import Registry
     from ._resolve import PairRunner
 
 __all__ = [
+    "KINDS",
+    "STATUSES",
     "JobView",
     "JobNotFoundError",
     "JobFailedError",
-    "WorkReport",
     "enqueue",
     "get_job",
     "list_jobs",
@@ -55,8 +59,9 @@ __all__ = [
     "finish",
     "fail",
     "run_job",
-    "work",
-    "work_ray",
+    "index_target",
+    "hub_outcome",
+    "place",
     "wait_for",
     "worker_name",
 ]
@@ -84,7 +89,7 @@ def worker_name() -> str:
 
 
 @dataclass(frozen=True)
-class JobView:
+class JobView(Serializable):
     """One job as stored."""
 
     id: int
@@ -108,24 +113,6 @@ class JobView:
             j.id, j.kind, j.target, j.revision, j.status, j.attempts, j.max_attempts, j.error, j.result,
             j.worker, as_utc(j.created_at), as_utc(j.started_at), as_utc(j.finished_at), as_utc(j.lease_expires_at),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "target": self.target,
-            "revision": self.revision,
-            "status": self.status,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "error": self.error,
-            "result": self.result,
-            "worker": self.worker,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "lease_expires_at": iso(self.lease_expires_at),
-        }
 
 
 def enqueue(
@@ -289,10 +276,10 @@ def index_target(reg: "Registry", job: JobView | dict[str, Any]) -> tuple[str | 
     from ._hub import index_hub
 
     spec = f"{target}@{revision}" if revision else target
-    return _hub_outcome(index_hub(reg, [spec]).results[0], spec)
+    return hub_outcome(index_hub(reg, [spec]).results[0], spec)
 
 
-def _hub_outcome(r: "HubIndexResult", spec: str) -> tuple[str | None, str]:
+def hub_outcome(r: "HubIndexResult", spec: str) -> tuple[str | None, str]:
     """A hub job's ``(model name or None, status)``; a failed repo fails the job."""
     if r.status == "failed":
         raise JobFailedError(f"hub repo {spec}: {r.error}")
@@ -319,96 +306,6 @@ def place(
     return out
 
 
-@dataclass(frozen=True)
-class WorkReport:
-    """What one ``work`` call did."""
-
-    worker: str
-    jobs: tuple[JobView, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "jobs": [j.to_dict() for j in self.jobs]}
-
-
-class _Lease:
-    """Renews a held job's lease from a background thread until stopped."""
-
-    def __init__(self, reg: "Registry", job: JobView, lease_s: float) -> None:
-        self._stop = threading.Event()
-        self.lost = False
-
-        def beat() -> None:
-            while not self._stop.wait(lease_s / 3):
-                try:
-                    if not renew(reg, job, lease_s=lease_s):
-                        self.lost = True
-                        return
-                except Exception:  # a database hiccup: try again next beat
-                    continue
-
-        self._thread = threading.Thread(target=beat, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _message(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
-def work(
-    reg: "Registry",
-    *,
-    worker: str | None = None,
-    lease_s: float = 60.0,
-    max_jobs: int | None = None,
-    idle_exit: bool = False,
-    poll_s: float = 1.0,
-    stop: threading.Event | None = None,
-    runner: Callable[["Registry", JobView], dict[str, Any]] = run_job,
-    progress: Callable[[JobView], None] | None = None,
-) -> WorkReport:
-    """Claim and run jobs one at a time until ``max_jobs`` ran, ``stop`` is set, or
-    (with ``idle_exit``) no job is left."""
-    worker = worker or worker_name()
-    done: list[JobView] = []
-    stop = stop or threading.Event()
-    while not stop.is_set() and (max_jobs is None or len(done) < max_jobs):
-        job = claim(reg, worker, lease_s=lease_s)
-        if job is None:
-            if idle_exit:
-                break
-            stop.wait(poll_s)
-            continue
-        lease = _Lease(reg, job, lease_s)
-        try:
-            result = runner(reg, job)
-        except (MothertreeError, OSError, ValueError, RuntimeError) as exc:
-            done.append(_settle(reg, job, lease, error=_message(exc), progress=progress))
-        else:
-            done.append(_settle(reg, job, lease, result=result, progress=progress))
-    return WorkReport(worker, tuple(done))
-
-
-def _settle(
-    reg: "Registry", job: JobView, lease: "_Lease", *, result: dict[str, Any] | None = None,
-    error: str | None = None, progress: Callable[[JobView], None] | None = None,
-) -> JobView:
-    """End a claimed job: stop renewing its lease, record the error or the result, report it."""
-    lease.stop()
-    if error is not None:
-        fail(reg, job, error)
-    else:
-        finish(reg, job, result or {})
-    final = get_job(reg, job.id)
-    if progress is not None:
-        progress(final)
-    return final
-
-
 def wait_for(reg: "Registry", job_id: int, *, timeout_s: float = 60.0, poll_s: float = 0.2) -> JobView:
     """Poll until a job is done or failed (tests and scripts)."""
     deadline = time.monotonic() + timeout_s
@@ -417,110 +314,3 @@ def wait_for(reg: "Registry", job_id: int, *, timeout_s: float = 60.0, poll_s: f
         if job.status in ("done", "failed") or time.monotonic() > deadline:
             return job
         time.sleep(poll_s)
-
-
-# -- Ray ----------------------------------------------------------------------
-def _read_in_task(job: dict[str, Any], client: dict[str, Any], done: str | None) -> "ReadModel | FetchedRepo":
-    """Body of the Ray task: download and fingerprint one job's target; it writes nothing.
-
-    ``client`` holds the driver's hub endpoint, cache folder and token;
-    ``done`` the sha of a hub repo's indexed revision, which is not fetched again.
-    """
-    if job["kind"] == "path":
-        from ._indexing import read_model
-
-        return read_model(job["target"])
-    from ..indexer.hub import HubClient
-    from ._hub import RetryPolicy, fetch_repo
-
-    return fetch_repo(HubClient(**client), job["target"], job["revision"], done=done, listed_sha=None, lite=False,
-                      blocks=3, retry=RetryPolicy())
-
-
-def _write_read(reg: "Registry", job: JobView, read: "ReadModel | FetchedRepo") -> tuple[str | None, str]:
-    """Write what a task read: the model's rows in one transaction, then its FAISS vectors."""
-    from ._hub import write_fetched
-    from ._indexing import ReadModel, write_model
-
-    if isinstance(read, ReadModel):  # a path job
-        r = write_model(reg, read)
-        return r.name, r.status
-    spec = f"{job.target}@{job.revision}" if job.revision else job.target
-    return _hub_outcome(write_fetched(reg, read, lite=False), spec)
-
-
-def work_ray(
-    reg: "Registry",
-    *,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    parallel: int | None = None,
-    lease_s: float = 60.0,
-    max_jobs: int | None = None,
-    idle_exit: bool = False,
-    poll_s: float = 1.0,
-    stop: threading.Event | None = None,
-    worker: str | None = None,
-    progress: Callable[[JobView], None] | None = None,
-) -> WorkReport:
-    """Like :func:`work`, with each job's download, reading and fingerprinting, and its pair tests, run as Ray tasks.
-
-    The driver (this process) claims jobs and holds their leases; up to
-    ``parallel`` (default: the cluster's CPUs) indexing tasks run at once, each
-    requesting one GPU when the cluster has GPUs. An indexing task returns
-    what it read as plain data and writes nothing; the driver writes the
-    model's rows in one transaction (a hub repo's with its hub fields) and
-    then its vectors into the FAISS files, and places the model
-    (``resolve``): its candidate pair tests fan out as Ray tasks
-    (:class:`._ray.RayPairRunner`, one GPU each on a GPU cluster) and the
-    driver writes their rows in one transaction, then solves the family and
-    marks the job done. Tasks need the hub and the weights' files, never the database.
-
-    Without ``address`` a local Ray is started (``num_cpus`` caps it).
-    """
-    import ray
-
-    from ..indexer.hub import HubClient
-    from ._hub import indexed_sha
-    from ._ray import RayPairRunner, client_args, ensure_ray, gpu_options, unwrap
-
-    ensure_ray(address, num_cpus)
-    task = ray.remote(_read_in_task).options(max_retries=0, **gpu_options())
-    pairs = RayPairRunner(reg.home)
-    client = client_args(HubClient())
-    slots = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    worker = worker or worker_name()
-    stop = stop or threading.Event()
-    inflight: dict[Any, tuple[JobView, _Lease]] = {}
-    done: list[JobView] = []
-    started = 0
-    try:
-        while not stop.is_set():
-            while len(inflight) < slots and (max_jobs is None or started < max_jobs):
-                job = claim(reg, worker, lease_s=lease_s)
-                if job is None:
-                    break
-                done_sha = indexed_sha(reg, job.target) if job.kind == "hub" else None
-                target = {"kind": job.kind, "target": job.target, "revision": job.revision}
-                ref = task.remote(target, client, done_sha)
-                inflight[ref] = (job, _Lease(reg, job, lease_s))
-                started += 1
-            if not inflight:
-                if idle_exit or (max_jobs is not None and started >= max_jobs):
-                    break
-                stop.wait(poll_s)
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=poll_s)
-            for ref in ready:
-                job, lease = inflight.pop(ref)
-                try:
-                    model, status = _write_read(reg, job, ray.get(ref))
-                    result = place(reg, model, status, pair_runner=pairs)
-                except Exception as exc:  # a task's error arrives wrapped by Ray
-                    done.append(_settle(reg, job, lease, error=_message(unwrap(exc)), progress=progress))
-                else:
-                    done.append(_settle(reg, job, lease, result=result, progress=progress))
-    finally:
-        for job, lease in inflight.values():  # interrupted: the leases lapse and the jobs are re-run
-            lease.stop()
-    return WorkReport(worker, tuple(done))

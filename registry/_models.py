@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..serialize import Serializable
 from ._schema import Model
 
 __all__ = ["IndexResult", "IndexReport", "ModelSummary", "ModelDetail", "iso", "utc_now", "as_utc"]
@@ -70,8 +71,8 @@ class IndexReport:
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
-    family: str
-    architecture: str | None
+    architecture: str
+    model_class: str | None
     file_format: str
     num_blocks: int | None
     hidden_size: int | None
@@ -91,8 +92,8 @@ class ModelSummary:
     def from_row(cls, m: Model, role_counts: dict[str, int]) -> "ModelSummary":
         return cls(
             name=m.name,
-            family=m.family,
             architecture=m.architecture,
+            model_class=m.model_class,
             file_format=m.file_format,
             num_blocks=m.num_blocks,
             hidden_size=m.hidden_size,
@@ -117,7 +118,7 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
-class TensorSummary:
+class TensorSummary(Serializable):
     name: str
     role: str
     block: int | None
@@ -130,11 +131,6 @@ class TensorSummary:
     std: float | None
     kurtosis: float | None
     distinct_values: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["shape"] = list(self.shape)
-        return d
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..progress import Progress, note_step
 from ._connection import Connection
 from ._models import iso, utc_now
 from ._schema import Model, PairTest
@@ -65,7 +66,7 @@ class PairTester:
 
     def test(
         self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ) -> PairReport:
         """Run the independence test between two models (names in the registry, or paths).
 
@@ -78,12 +79,11 @@ class PairTester:
             known = known_result(s, na, nb, tuple(sa), tuple(sb), method=method, alpha=alpha)
         if known is not None:  # the same model twice, or a stored test of unchanged weights
             return PairReport(na, nb, known)
-        say = progress or (lambda msg: None)
-        say(f"step 1 of 3: loading {na} (weights, and a forward pass for phi_MATCH)")
+        note_step(progress, f"step 1 of 3: loading {na} (weights, and a forward pass for phi_MATCH)")
         la = self.cache.load(*sa)
-        say(f"step 2 of 3: loading {nb}")
+        note_step(progress, f"step 2 of 3: loading {nb}")
         lb = self.cache.load(*sb)
-        say(f"step 3 of 3: testing {na} ~ {nb} (method {method})")
+        note_step(progress, f"step 3 of 3: testing {na} ~ {nb} (method {method})")
         result = _test_loaded(la, lb, method=method, alpha=alpha, names=(na, nb))
         notes = tuple(dict.fromkeys(la.notes + lb.notes))
         if notes and not set(notes) <= set(result.notes):

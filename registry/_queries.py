@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..serialize import to_jsonable
+from ..serialize import Serializable
 from ._connection import Connection
 from ._models import iso
 from ._schema import Edge, FamilyMember, Model
@@ -19,7 +19,7 @@ _NOT_RESOLVED = "not resolved yet: run mothertree resolve"
 
 
 @dataclass(frozen=True)
-class EdgeView:
+class EdgeView(Serializable):
     parent: str
     child: str
     relation: str
@@ -31,9 +31,6 @@ class EdgeView:
     block_map: tuple[tuple[int, int], ...] | None
     evidence: dict[str, Any] | None
     computed_at: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
 
 
 @dataclass(frozen=True)

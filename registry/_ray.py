@@ -9,8 +9,9 @@ to date from SQL. Tasks never write the registry.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from ..progress import Progress, note_step
 from ._pairs import PairJob
 from ._weights_cache import WeightsCache
 
@@ -77,11 +78,11 @@ class RayPairRunner:
     def __init__(self, home: Path) -> None:
         self.home = str(home)
 
-    def __call__(self, jobs: Sequence[PairJob], say: Callable[[str], None]) -> list[dict[str, Any]]:
+    def __call__(self, jobs: Sequence[PairJob], progress: Progress | None) -> list[dict[str, Any]]:
         import ray
 
         task = ray.remote(_test_pair).options(max_retries=0, **gpu_options())
-        say(f"testing {len(jobs)} pair(s) as Ray tasks")
+        note_step(progress, f"testing {len(jobs)} pair(s) as Ray tasks")
         where = {task.remote(self.home, job): i for i, job in enumerate(jobs)}
         out: list[dict[str, Any] | None] = [None] * len(jobs)
         pending = list(where)
@@ -94,7 +95,10 @@ class RayPairRunner:
                         out[i] = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         raise unwrap(exc) from None
-                    say(f"tested {jobs[i].names[0]} ~ {jobs[i].names[1]} ({len(jobs) - len(pending)}/{len(jobs)})")
+                    note_step(
+                        progress,
+                        f"tested {jobs[i].names[0]} ~ {jobs[i].names[1]} ({len(jobs) - len(pending)}/{len(jobs)})",
+                    )
         finally:
             for ref in pending:  # one test failed: the others' results would not be written
                 ray.cancel(ref)

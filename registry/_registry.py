@@ -6,7 +6,7 @@
 - weights cache and pair tests: :mod:`._weights_cache`, :mod:`._pairs`
 - resolve (plan, then execute): :mod:`._resolve` (family glue in :mod:`._families`)
 - read-only lineage queries: :mod:`._queries`
-- hub crawling: :mod:`._hub`; named reports and SQL: :mod:`.reports`
+- hub crawling: :mod:`._hub` (one repo: :mod:`._hub_repo`); named reports and SQL: :mod:`.reports`
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..progress import Progress
 from . import _indexing, _lookup, _queries, _resolve
 from ._candidates import CandidatesResult
 from ._connection import Connection
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from .reports import QueryResult
 
 __all__ = ["Registry"]
-
-Progress = Callable[[str, int, int], None]
 
 
 class Registry(Connection):
@@ -188,7 +187,7 @@ class Registry(Connection):
     # -- lineage ---------------------------------------------------------
     def test(
         self, a: str, b: str, *, method: str = "auto", alpha: float = 0.01,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ) -> PairReport:
         """Independence test between two models (names or paths). See :func:`lineage.independence_test`.
 
@@ -215,7 +214,7 @@ class Registry(Connection):
 
     def resolve(
         self, *, full: bool = False, k: int = 10, alpha: float = 0.01, models: Iterable[str] | None = None,
-        progress: Callable[[str], None] | None = None, pair_runner: PairRunner | None = None,
+        progress: Progress | None = None, pair_runner: PairRunner | None = None,
     ) -> ResolveReport:
         """Place unresolved models in the lineage graph: :meth:`plan_resolve`, then execute.
 
@@ -229,21 +228,21 @@ class Registry(Connection):
 
     def add(
         self, path: str | os.PathLike, *, name: str | None = None, k: int = 10, alpha: float = 0.01,
-        device: str = "auto", progress: Callable[[str], None] | None = None,
+        device: str = "auto", progress: Progress | None = None,
     ) -> str:
         """Index ``path`` (if new) and resolve only what it touches: its candidates and its family.
 
         Returns the model's registry name. An indexed path is not indexed again.
         """
         known = None if name is not None else _lookup.name_for(self, path)
-        label = known or self.index_one(path, name=name, device=device).name
+        label = known or self.index_one(path, name=name, device=device, progress=progress).name
         plan = self.plan_resolve(k=k, alpha=alpha, models=[label])
         if plan.models:  # a model already placed is only read
             plan.execute(progress)
         return label
 
     def ancestry(
-        self, name_or_path: str, *, add: bool = False, progress: Callable[[str], None] | None = None,
+        self, name_or_path: str, *, add: bool = False, progress: Progress | None = None,
     ) -> LineageView:
         """Parents up to the roots. Reads only, unless ``add`` (see :meth:`add`) places a new path first."""
         if add:

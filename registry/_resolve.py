@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 import networkx as nx
 from sqlalchemy import delete, func, select, update
 
-from ..serialize import to_jsonable
+from ..progress import Progress, note_step
+from ..serialize import Serializable
 from ._adapters import ADAPTER_FORMAT, place_adapters
 from ._connection import Connection
 from ._families import solve_and_store
@@ -27,18 +28,16 @@ from .errors import ModelNotFoundError, MothertreeError, RegistryError
 
 __all__ = ["PairRunner", "ResolvePlan", "ResolveReport", "plan_resolve"]
 
-Progress = Callable[[str], None]
-
 #: Runs a resolve's candidate pair tests elsewhere (Ray tasks: :class:`._ray.RayPairRunner`) and returns
 #: each job's row columns (:meth:`PairJob.run`), in the jobs' order; the resolving process writes them.
-PairRunner = Callable[[Sequence[PairJob], Progress], list[dict[str, Any]]]
+PairRunner = Callable[[Sequence[PairJob], Progress | None], list[dict[str, Any]]]
 
 #: Ids per ``IN (...)`` list, well under SQLite's and PostgreSQL's parameter limits.
 _IN_CHUNK = 1000
 
 
 @dataclass(frozen=True)
-class ResolveReport:
+class ResolveReport(Serializable):
     models_resolved: int
     pairs_tested: int
     dependent_pairs: int
@@ -47,9 +46,6 @@ class ResolveReport:
     alpha: float
     full: bool
     warnings: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
 
 
 @dataclass(frozen=True)
@@ -224,18 +220,17 @@ def execute_resolve(
     runner: PairRunner | None = None,
 ) -> ResolveReport:
     """Apply ``plan``: forget (full), test, control the FDR, re-solve the touched families."""
-    say = progress or (lambda msg: None)
     started = utc_now()
     _check_fresh(conn, plan)
     if plan.full:
         _forget_all(conn)
     info = _snapshot(conn)
-    _run_tests(conn, tester, plan, info, say, runner)
+    _run_tests(conn, tester, plan, info, progress, runner)
     dep, families = _fdr_and_families(conn, plan)
     warnings, failed, names = list(plan.warnings), set(), {m: i.name for m, i in info.items()}
     sources = {m: (i.source, i.digest) for m, i in info.items()}
     for comp, rows in families.items():
-        say(f"family of {names[comp[0]]}: {len(comp)} model(s)")
+        note_step(progress, f"family of {names[comp[0]]}: {len(comp)} model(s)")
         try:
             solve_and_store(conn, tester, comp, rows, info, sources, plan.alpha)
         except (MothertreeError, OSError, ValueError) as exc:
@@ -244,7 +239,7 @@ def execute_resolve(
             warnings.append(f"family of {names[comp[0]]} not resolved: {exc}")
             failed |= set(comp)
     if plan.adapters:
-        say(f"placing {len(plan.adapters)} adapter(s)")
+        note_step(progress, f"placing {len(plan.adapters)} adapter(s)")
         warnings.extend(place_adapters(conn))
     done = [m for m in plan.model_ids if m not in failed]
     edges, fams = _finish(conn, plan, started, done)
@@ -271,7 +266,8 @@ def _forget_all(conn: Connection) -> None:
 
 
 def _run_tests(
-    conn: Connection, tester: PairTester, plan: ResolvePlan, info, say: Progress, runner: PairRunner | None,
+    conn: Connection, tester: PairTester, plan: ResolvePlan, info, progress: Progress | None,
+    runner: PairRunner | None,
 ) -> None:
     """Test each planned pair and store its row (a failed test is stored as method ``none``).
 
@@ -287,12 +283,12 @@ def _run_tests(
     ]
     if runner is not None:
         if jobs:
-            rows = runner(jobs, say)
+            rows = runner(jobs, progress)
             with conn.session() as s:
                 s.add_all(PairTest(**r) for r in rows)
         return
     for i, job in enumerate(jobs, 1):
-        say(f"testing {job.names[0]} ~ {job.names[1]} ({i}/{len(jobs)})")
+        note_step(progress, f"testing {job.names[0]} ~ {job.names[1]} ({i}/{len(jobs)})")
         row = job.run(tester.cache)
         with conn.session() as s:
             s.add(PairTest(**row))

@@ -46,8 +46,10 @@ class Model(Base):
     source: Mapped[str] = mapped_column(Text)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     file_format: Mapped[str] = mapped_column(String(32))
-    family: Mapped[str] = mapped_column(String(64))
-    architecture: Mapped[str | None] = mapped_column(String(128))
+    #: Role-map architecture (``llama``, ``gpt2``, ``bert``, ..., ``unknown``); lineage families are ``family_members``.
+    architecture: Mapped[str] = mapped_column(String(64))
+    #: The transformers class ``config.json`` names (``LlamaForCausalLM``), when it names one.
+    model_class: Mapped[str | None] = mapped_column(String(128))
     model_type: Mapped[str | None] = mapped_column(String(64))
     config: Mapped[dict[str, Any] | None] = mapped_column(_NullableJSON)
     num_blocks: Mapped[int | None] = mapped_column(Integer)

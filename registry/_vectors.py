@@ -20,34 +20,39 @@ built:
 
 Consistency: files are written to a temporary file and renamed
 (``os.replace``) only after the SQL transaction that changed the rows has
-committed, by one process at a time (:mod:`._faiss_lock`). The first time an index is used, its ids are compared with the
-table's; a missing, unreadable, truncated or out-of-step file is rebuilt
-from SQL with a :class:`RuntimeWarning` (also kept in :attr:`notices`), so
-a crash between the SQL commit and the file write is repaired on the next
-open and search never silently returns nothing. Later uses compare only
-``(count, max id)`` with SQL, which detects every change because row ids
-are never reused.
+committed, by one process at a time (the writer lock of
+:mod:`._faiss_index`). The first time an index is used, its ids are
+compared with the table's; a missing, unreadable, truncated or out-of-step
+file is rebuilt from SQL with a :class:`RuntimeWarning` (also kept in
+:attr:`notices`), so a crash between the SQL commit and the file write is
+repaired on the next open and search never silently returns nothing.
+Later uses compare only ``(count, max id)`` with SQL, which detects every
+change because row ids are never reused.
 
 When faiss has GPU support and a GPU is present, searches run on a GPU copy
 of each index; files are always written from the CPU index.
+
+Building, reading and writing the files is :mod:`._faiss_index`; the
+result types and the file-against-SQL comparison are :mod:`._vector_state`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._faiss_lock import one_writer
+from ._faiss_index import (
+    FLAT_LIMIT, Key, build_index, empty_index, file_stamp, index_ids, index_keys_on_disk, index_path, index_type,
+    one_writer, read_index, write_index,
+)
 from ._schema import Fingerprint
+from ._vector_state import IndexDrift, IndexInfo, IndexPlan, ReindexPlan, ReindexReport, file_drift
 
 if TYPE_CHECKING:
     import faiss
@@ -56,145 +61,6 @@ __all__ = [
     "VectorStore", "IndexInfo", "IndexPlan", "IndexDrift", "ReindexPlan", "ReindexReport", "FLAT_LIMIT", "Key",
 ]
 
-#: Largest index searched exactly; beyond it, IVF.
-FLAT_LIMIT = 100_000
-
-Key = tuple[str, str, int]  # (kind, level, dim)
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """One FAISS index as built: what it holds and where it lives."""
-
-    kind: str
-    level: str
-    dim: int
-    vectors: int
-    index_type: str
-    path: str
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "level": self.level,
-            "dim": self.dim,
-            "vectors": self.vectors,
-            "index_type": self.index_type,
-            "path": self.path,
-            "size_bytes": self.size_bytes,
-        }
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """One index a reindex will rebuild: its vectors and an estimate of its file size."""
-
-    kind: str
-    level: str
-    dim: int
-    vectors: int
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "level": self.level,
-            "dim": self.dim,
-            "vectors": self.vectors,
-            "size_bytes": self.size_bytes,
-        }
-
-
-@dataclass(frozen=True)
-class IndexDrift:
-    """An index file that disagrees with SQL: ids SQL has that the file lacks, and the reverse.
-
-    ``problem`` is ``"missing file"``, ``"unreadable file"``, ``"wrong dimension"``
-    or ``"ids differ"``.
-    """
-
-    kind: str
-    level: str
-    dim: int
-    path: str
-    problem: str
-    sql_rows: int
-    file_ids: int
-    missing_ids: int
-    extra_ids: int
-
-    def __str__(self) -> str:
-        return (
-            f"{Path(self.path).name}: {self.problem} (SQL has {self.sql_rows} rows, the file {self.file_ids} ids; "
-            f"{self.missing_ids} missing, {self.extra_ids} extra)"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "level": self.level, "dim": self.dim, "path": self.path, "problem": self.problem,
-            "sql_rows": self.sql_rows, "file_ids": self.file_ids, "missing_ids": self.missing_ids,
-            "extra_ids": self.extra_ids,
-        }
-
-
-@dataclass(frozen=True)
-class ReindexReport:
-    """What a reindex did; ``warnings`` name the models it could not fingerprint."""
-
-    indexes: tuple[IndexInfo, ...]
-    fingerprinted: tuple[str, ...]
-    warnings: tuple[str, ...]
-    #: Files that disagreed with SQL before the rebuild (now repaired).
-    repaired: tuple[IndexDrift, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "indexes": [i.to_dict() for i in self.indexes],
-            "fingerprinted": list(self.fingerprinted),
-            "warnings": list(self.warnings),
-            "repaired": [d.to_dict() for d in self.repaired],
-        }
-
-
-@dataclass(frozen=True)
-class ReindexPlan:
-    """What a reindex would do; :meth:`execute` does it (``--dry-run`` only prints it).
-
-    Attributes
-    ----------
-    indexes : tuple of IndexPlan
-        Indexes rebuilt from the vectors already in SQL.
-    unfingerprinted : tuple of str
-        Models with no fingerprint rows (indexed before fingerprints
-        existed); their sources are read again. Fingerprints computed now
-        join the rebuilt indexes, which the estimate above does not count.
-    bytes_to_read : int
-        Weight bytes of those models.
-    device : str
-        Where their fingerprints will be computed.
-    """
-
-    indexes: tuple[IndexPlan, ...]
-    unfingerprinted: tuple[str, ...]
-    bytes_to_read: int
-    device: str
-    _execute: Callable[["ReindexPlan"], ReindexReport] = field(repr=False, compare=False)
-    #: Index files whose ids disagree with SQL now (:meth:`VectorStore.drift`); the rebuild repairs them.
-    drift: tuple[IndexDrift, ...] = ()
-
-    def execute(self) -> ReindexReport:
-        return self._execute(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "indexes": [i.to_dict() for i in self.indexes],
-            "unfingerprinted": list(self.unfingerprinted),
-            "bytes_to_read": self.bytes_to_read,
-            "device": self.device,
-            "drift": [d.to_dict() for d in self.drift],
-        }
-
 
 @dataclass
 class _Loaded:
@@ -202,7 +68,8 @@ class _Loaded:
     count: int
     max_id: int
     gpu: "faiss.Index | None" = None
-    #: The file as this copy last saw it (:func:`_stamp`); a writer whose copy is older reads the file again.
+    #: The file as this copy last saw it (:func:`._faiss_index.file_stamp`);
+    #: a writer whose copy is older reads the file again.
     stamp: tuple[int, int, int] | None = None
 
 
@@ -228,42 +95,16 @@ class VectorStore:
 
     # -- files -----------------------------------------------------------
     def path(self, key: Key) -> Path:
-        kind, level, dim = key
-        return self.home / f"{level}-{kind}-{dim}.faiss"
+        return index_path(self.home, key)
 
     def _write(self, key: Key, index: "faiss.Index") -> None:
-        import faiss
-
-        self.home.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path(key).name + ".", suffix=".tmp", dir=self.home)
-        os.close(fd)
-        try:
-            faiss.write_index(index, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_index(self.path(key), index)
 
     def _stamp(self, key: Key) -> tuple[int, int, int] | None:
-        """``(inode, size, mtime)`` of an index file, ``None`` when absent: every write renames a new file in."""
-        try:
-            st = self.path(key).stat()
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return file_stamp(self.path(key))
 
     def _read(self, key: Key) -> "faiss.Index | None":
-        import faiss
-
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            return faiss.read_index(str(p))
-        except RuntimeError:  # truncated or not a FAISS file
-            return None
+        return read_index(self.path(key))
 
     # -- SQL -------------------------------------------------------------
     def keys(self) -> tuple[Key, ...]:
@@ -296,27 +137,6 @@ class VectorStore:
         return ids, vecs
 
     # -- building --------------------------------------------------------
-    def _build(self, key: Key, ids: np.ndarray, vecs: np.ndarray) -> "faiss.Index":
-        import faiss
-
-        dim = key[2]
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        faiss.normalize_L2(vecs)
-        n = len(ids)
-        if n <= self.flat_limit:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        else:
-            nlist = int(4 * math.sqrt(n))
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(0)
-            sample = vecs[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
-            index.train(sample)
-            index.nprobe = max(8, nlist // 16)
-        if n:
-            index.add_with_ids(vecs, ids)
-        return index
-
     @one_writer
     def rebuild(self, key: Key | None = None, *, reason: str | None = None) -> tuple[IndexInfo, ...]:
         """Rebuild one index (or every one) from SQL and write it; stale files go.
@@ -338,7 +158,7 @@ class VectorStore:
         for k in keys:
             with self._sessions() as s:
                 ids, vecs = self._sql_vectors(s, k)
-                index = self._build(k, ids, vecs)
+                index = build_index(k[2], ids, vecs, flat_limit=self.flat_limit)
             self._write(k, index)
             self._loaded[k] = _Loaded(index, len(ids), int(ids.max()) if len(ids) else -1, stamp=self._stamp(k))
             if reason:
@@ -350,7 +170,7 @@ class VectorStore:
         loaded = self._ensure(key)
         p = self.path(key)
         return IndexInfo(
-            key[0], key[1], key[2], loaded.count, _index_type(loaded.index), str(p),
+            key[0], key[1], key[2], loaded.count, index_type(loaded.index), str(p),
             p.stat().st_size if p.is_file() else 0,
         )
 
@@ -371,16 +191,16 @@ class VectorStore:
             if index is None:
                 why = "missing file" if not self.path(key).exists() else "unreadable or truncated file"
             else:
-                ids = np.sort(_index_ids(index))
+                ids = np.sort(index_ids(index))
                 if np.array_equal(ids, self._sql_ids(s, key)) and index.d == key[2]:
                     loaded = _Loaded(index, state[0], state[1], stamp=stamp)
                     self._loaded[key] = loaded
-                    if _index_type(index) == "flat" and state[0] > self.flat_limit:
+                    if index_type(index) == "flat" and state[0] > self.flat_limit:
                         self.rebuild(key)
                     return self._loaded[key]
                 why = f"file holds {len(ids)} ids, SQL has {state[0]} rows (out of step)"
         if state[0] == 0 and index is None:
-            loaded = _Loaded(self._build(key, np.empty(0, np.int64), np.empty((0, key[2]), np.float32)), 0, -1)
+            loaded = _Loaded(empty_index(key[2]), 0, -1)
             self._loaded[key] = loaded
             return loaded
         self.rebuild(key, reason=why)
@@ -394,26 +214,12 @@ class VectorStore:
         shows up here. Files of keys SQL no longer has count as drift too.
         """
         out = []
-        keys = set(self.keys())
-        on_disk = {_key_of(p) for p in (self.home.glob("*.faiss") if self.home.is_dir() else ()) if _is_index_name(p)}
-        for key in sorted(keys | on_disk):
+        for key in sorted(set(self.keys()) | index_keys_on_disk(self.home)):
             with self._sessions() as s:
                 sql_ids = self._sql_ids(s, key)
-            path = self.path(key)
-            index = self._read(key)
-            if index is None:
-                if len(sql_ids) == 0:
-                    continue
-                problem = "missing file" if not path.exists() else "unreadable file"
-                out.append(IndexDrift(*key, str(path), problem, len(sql_ids), 0, len(sql_ids), 0))
-                continue
-            ids = np.sort(_index_ids(index))
-            missing = int(np.setdiff1d(sql_ids, ids, assume_unique=True).size)
-            extra = int(np.setdiff1d(ids, sql_ids).size)
-            if index.d != key[2]:
-                out.append(IndexDrift(*key, str(path), "wrong dimension", len(sql_ids), len(ids), missing, extra))
-            elif missing or extra or len(ids) != len(sql_ids):
-                out.append(IndexDrift(*key, str(path), "ids differ", len(sql_ids), len(ids), missing, extra))
+            found = file_drift(key, self.path(key), self._read(key), sql_ids)
+            if found is not None:
+                out.append(found)
         return tuple(out)
 
     def check(self) -> tuple[IndexInfo, ...]:
@@ -444,14 +250,12 @@ class VectorStore:
             by_key.setdefault((kind, level, int(vec.shape[0])), []).append((fid, vec))
         keys = set(by_key)
         if len(gone):
-            keys |= set(self._loaded) | {
-                _key_of(p) for p in (self.home.glob("*.faiss") if self.home.is_dir() else ())
-            }
+            keys |= set(self._loaded) | index_keys_on_disk(self.home)
         for key in sorted(keys):
             index, verified = self._current(key)
             if len(gone):
                 index.remove_ids(faiss.IDSelectorBatch(gone))
-            have = set(_index_ids(index).tolist())
+            have = set(index_ids(index).tolist())
             new = [(i, v) for i, v in by_key.get(key, ()) if i not in have]
             if new:
                 vecs = np.stack([v for _, v in new]).astype(np.float32)
@@ -467,7 +271,7 @@ class VectorStore:
             return loaded.index, True
         index = self._read(key)
         if index is None:
-            index = self._build(key, np.empty(0, np.int64), np.empty((0, key[2]), np.float32))
+            index = empty_index(key[2])
         return index, False
 
     def _commit(self, key: Key, index: "faiss.Index", verified: bool) -> None:
@@ -478,14 +282,14 @@ class VectorStore:
         """
         with self._sessions() as s:
             state = self._sql_state(s, key)
-            ids = _index_ids(index)
+            ids = index_ids(index)
             if verified:
                 in_step = (len(ids), int(ids.max()) if len(ids) else -1) == state
             else:
                 in_step = np.array_equal(np.sort(ids), self._sql_ids(s, key))
         if not in_step:
             self.rebuild(key, reason="out of step with SQL after a write")
-        elif _index_type(index) == "flat" and state[0] > self.flat_limit:
+        elif index_type(index) == "flat" and state[0] > self.flat_limit:
             self.rebuild(key)
         else:
             self._write(key, index)
@@ -531,35 +335,3 @@ class VectorStore:
         if ids:
             s.execute(delete(Fingerprint).where(Fingerprint.model_id == model_id))
         return ids
-
-
-def _is_index_name(path: Path) -> bool:
-    parts = path.stem.split("-")
-    return len(parts) == 3 and parts[2].isdigit()
-
-
-def _key_of(path: Path) -> Key:
-    level, kind, dim = path.stem.split("-")
-    return kind, level, int(dim)
-
-
-def _index_type(index: "faiss.Index") -> str:
-    import faiss
-
-    return "ivf" if isinstance(faiss.downcast_index(index), faiss.IndexIVF) else "flat"
-
-
-def _index_ids(index: "faiss.Index") -> np.ndarray:
-    """Every id an index holds (IDMap2 keeps them in ``id_map``; IVF in its lists)."""
-    import faiss
-
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap2):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    invlists = index.invlists
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-        for i in range(invlists.nlist)
-        if invlists.list_size(i)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)

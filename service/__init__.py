@@ -16,7 +16,7 @@ def serve(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, w
     import uvicorn
 
     from ..registry import Registry
-    from ..registry import _jobs as jobs
+    from ..registry import jobs
 
     stop = threading.Event()
     threads = []

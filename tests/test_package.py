@@ -57,8 +57,8 @@ def test_docstring_examples_run():
         "mothertree.indexer.roles", "mothertree.indexer.stats", "mothertree.indexer.fingerprints",
         "mothertree.lineage.relations", "mothertree.lineage.direction", "mothertree.lineage.matching",
         "mothertree.lineage.multiple", "mothertree.lineage.independence", "mothertree.lineage.robust",
-        "mothertree.lineage.family", "mothertree.lineage._validation", "mothertree.serialize",
-        "mothertree.indexer.hub",
+        "mothertree.lineage.family", "mothertree.lineage._validation", "mothertree.serialize", "mothertree.progress",
+        "mothertree.indexer.hub", "mothertree.lineage._views",
     ]
     for name in modules:
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)

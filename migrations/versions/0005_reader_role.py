@@ -18,7 +18,7 @@ mothertree_reader NOLOGIN`` and re-runs ``mothertree db upgrade``; revoking
 from ``PUBLIC`` needs the functions' owner, i.e. a superuser).
 
 SQLite has no roles: user SQL there runs on a read-only connection with an
-authorizer (see ``registry/reports.py``), so this migration does nothing.
+authorizer (see ``registry/_sql_runner.py``), so this migration does nothing.
 
 Revision ID: 0005
 Revises: 0004

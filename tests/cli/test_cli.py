@@ -37,7 +37,7 @@ def test_index_models_show_json(cli, tiny_models):
     assert [m["status"] for m in json.loads(out)["models"]] == ["indexed", "indexed"]
     code, out, _ = cli("--json", "models")
     models = {m["name"]: m for m in json.loads(out)["models"]}
-    assert models["llama"]["architecture"] == "LlamaForCausalLM"
+    assert (models["llama"]["architecture"], models["llama"]["model_class"]) == ("llama", "LlamaForCausalLM")
     assert models["gpt2"]["role_counts"]["mlp.in"] == 4  # weight and bias of 2 blocks
     code, out, _ = cli("show", "gpt2", "--json")
     detail = json.loads(out)

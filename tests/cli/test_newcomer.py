@@ -39,7 +39,8 @@ def test_bare_files_named_after_their_folder_never_overwrite(cli, tiny_models, t
     assert code == 0 and out.splitlines() == [f"indexed   b  <- {b}  (new model, 28 tensors)"]
     models = _names(cli)
     assert sorted(models) == ["a", "b"]
-    assert (models["a"]["family"], models["b"]["family"]) == ("llama", "gpt2")
+    assert (models["a"]["architecture"], models["b"]["architecture"]) == ("llama", "gpt2")
+    assert "family" not in models["a"]  # "family" names lineage families only
 
 
 def test_same_leaf_gets_the_parent_folder_as_prefix(cli, tiny_models, tmp_path):
@@ -117,7 +118,7 @@ def test_downgrade_to_an_unknown_revision(cli, tmp_path):
     code, out, err = cli("--db", str(db), "db", "downgrade", "nosuchrev")
     assert (code, out) == (1, "")
     assert err == (f"Error: Cannot downgrade the database at sqlite:///{db} to 'nosuchrev': Can't locate revision "
-                   "identified by 'nosuchrev'. Revisions: base, 0001, 0002, 0003, 0004, 0005, 0006, 0008; see the current one with: "
+                   "identified by 'nosuchrev'. Revisions: base, 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008; see the current one with: "
                    "mothertree db current\n")
 
 

@@ -13,10 +13,9 @@ import numpy as np
 from sqlalchemy import select
 
 from mothertree.registry import Registry
-from mothertree.registry._faiss_lock import LOCK_NAME
+from mothertree.registry._faiss_index import LOCK_NAME, index_ids
 from mothertree.registry._models import utc_now
 from mothertree.registry._schema import Fingerprint, Model
-from mothertree.registry._vectors import _index_ids
 
 #: Each writer commits a row and updates FAISS this many times, removing every third of its rows.
 ROUNDS = 30
@@ -56,7 +55,7 @@ WRITER = textwrap.dedent(
 
 
 def _model(s, name: str) -> int:
-    m = Model(name=name, source=f"/nowhere/{name}", file_format="safetensors", family="llama", num_parameters=1,
+    m = Model(name=name, source=f"/nowhere/{name}", file_format="safetensors", architecture="llama", num_parameters=1,
               content_digest=name, indexed_at=utc_now())
     s.add(m)
     s.flush()
@@ -85,7 +84,7 @@ def test_two_processes_writing_faiss_at_once_end_in_step_with_sql(db_url, tmp_pa
             sql_ids = sorted(s.scalars(select(Fingerprint.id)))
         assert len(sql_ids) == 2 * (ROUNDS - ROUNDS // 3)
         on_disk = faiss.read_index(str(reg.vectors.path(key)))  # the file as the writers left it
-        assert sorted(_index_ids(on_disk).tolist()) == sql_ids
+        assert sorted(index_ids(on_disk).tolist()) == sql_ids
         assert reg.vectors.drift() == ()
         assert (reg.vectors.home / LOCK_NAME).exists()
         scores, found = reg.vectors.search(key, np.ones(16, np.float32), 100)

@@ -56,8 +56,8 @@ def test_crawl_indexes_every_repo_with_hub_fields(registry, fake_hub, truth):
 def test_interrupted_crawl_resumes_without_repeating_work(registry, fake_hub):
     seen = []
 
-    def stop_after_seven(result):
-        seen.append(result.repo_id)
+    def stop_after_seven(event):
+        seen.append(event.item.repo_id)
         if len(seen) == 7:
             raise KeyboardInterrupt
 
@@ -168,7 +168,7 @@ def test_offline_uses_only_the_cache(registry, fake_hub, tmp_path, monkeypatch):
 
 
 def test_a_failed_hub_update_leaves_no_model(registry, fake_hub, monkeypatch):
-    import mothertree.registry._hub as hubmod
+    import mothertree.registry._hub_repo as hubmod
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -12,7 +12,7 @@ from mothertree.registry import RayFanOut, Registry, crawl_hub
 from mothertree.registry._hub import RetryPolicy
 from mothertree.registry._models import as_utc
 from mothertree.registry._schema import CrawlCursor, Fingerprint, HubRepo, Model, Tensor
-from mothertree.registry._vectors import _index_ids
+from mothertree.registry._faiss_index import index_ids
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a local Ray starts in 10-30 s on the shared 2-core machine
@@ -41,7 +41,7 @@ def _assert_faiss_in_step(reg: Registry) -> None:
     with reg.session() as s:
         for key in reg.vectors.keys():
             sql = sorted(s.scalars(select(Fingerprint.id).where(*reg.vectors._where(key))))
-            assert sorted(_index_ids(faiss.read_index(str(reg.vectors.path(key)))).tolist()) == sql
+            assert sorted(index_ids(faiss.read_index(str(reg.vectors.path(key)))).tolist()) == sql
 
 
 def test_crawl_as_ray_tasks_writes_what_a_crawl_in_one_process_writes(

@@ -71,7 +71,7 @@ def test_pair_tests_as_ray_tasks_store_what_the_local_path_stores(
     tests_local, edges_local = _stored(registry)
     shutil.rmtree(registry.home / "activations", ignore_errors=True)  # the tasks compute their own
     said: list[str] = []
-    remote = registry.resolve(full=True, progress=said.append, pair_runner=RayPairRunner(registry.home))
+    remote = registry.resolve(full=True, progress=lambda e: said.append(e.text), pair_runner=RayPairRunner(registry.home))
     assert any("as Ray tasks" in m for m in said), said
     tests_ray, edges_ray = _stored(registry)
     assert remote.pairs_tested == local.pairs_tested >= 2
@@ -93,7 +93,8 @@ def test_a_ray_worker_indexes_path_jobs_in_tasks_and_writes_them_itself(
     by_id = {j.id: j for j in report.jobs}
     assert {j.status for j in report.jobs} == {"done"}, [j.error for j in report.jobs]
     assert by_id[base.id].result["model"] == "llama" and by_id[tuned.id].result["model"] == "llama-tuned"
-    assert by_id[tuned.id].result["pairs_tested"] >= 1
+    # The two tasks race; whichever model is written second is placed against the first (pair tests as tasks).
+    assert report.jobs[-1].result["pairs_tested"] >= 1, [j.result for j in report.jobs]
     edges = {frozenset((e.parent, e.child)) for e in registry.tree().edges}
     assert edges == {frozenset(("llama", "llama-tuned"))}
     infos = registry.vectors.check()

@@ -32,7 +32,7 @@ def _load_truth(reg, truth) -> dict[str, int]:
         ids = {}
         for n in names:
             m = Model(
-                name=n, source=f"hf://{n}", file_format="safetensors", family="x", architecture=_arch(n, truth),
+                name=n, source=f"hf://{n}", file_format="safetensors", architecture="x", model_class=_arch(n, truth),
                 num_parameters=1000, content_digest=n, indexed_at=NOW, resolved_at=NOW,
                 declared_base_models=[truth.declared[n]] if n in truth.declared else None,
             )

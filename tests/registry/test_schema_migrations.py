@@ -36,3 +36,32 @@ def test_a_drifted_column_is_seen(registry):
     with registry.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), meta)
     assert any(d[0] == "add_column" and d[3].name == "not_migrated" for d in diffs)
+
+
+def test_architecture_rename_keeps_every_row(registry, tiny_models):
+    """0007 renames ``family`` to ``architecture`` (and the config class to ``model_class``)
+    in place: down and up again, on both databases, with no row lost (on SQLite a table
+    recreate would have cascaded the drop of ``models`` into ``tensors``)."""
+    from sqlalchemy import inspect, text
+
+    registry.index_one(tiny_models["llama"], name="m")
+
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(registry.engine).get_columns("models")}
+
+    def read(sql: str) -> tuple:
+        with registry.engine.connect() as conn:
+            return tuple(conn.execute(text(sql)).one())
+
+    tensors = read("SELECT COUNT(*) FROM tensors")[0]
+    assert tensors > 0
+    assert read("SELECT architecture, model_class FROM models") == ("llama", "LlamaForCausalLM")
+    assert registry.downgrade("0006") == "0006"
+    assert {"family", "architecture"} <= columns() and "model_class" not in columns()
+    assert read("SELECT family, architecture FROM models") == ("llama", "LlamaForCausalLM")
+    assert read("SELECT COUNT(*) FROM tensors")[0] == tensors
+    assert registry.upgrade() == "0007"
+    assert "family" not in columns()
+    assert read("SELECT architecture, model_class FROM models") == ("llama", "LlamaForCausalLM")
+    assert read("SELECT COUNT(*) FROM tensors")[0] == tensors
+    assert _differences(registry) == []

@@ -13,8 +13,9 @@ from sqlalchemy import delete, select
 
 from mothertree.registry import Registry
 from mothertree.registry._candidates import THRESHOLD
+from mothertree.registry._faiss_index import index_ids
 from mothertree.registry._schema import Fingerprint, Model
-from mothertree.registry._vectors import VectorStore, _index_ids
+from mothertree.registry._vectors import VectorStore
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def _assert_in_step(reg: Registry) -> None:
     assert {(k, lv) for k, lv, _ in keys} == {(k, lv) for k in ("aligned", "invariant") for lv in ("model", "layer")}
     for key in keys:
         loaded = reg.vectors._ensure(key)
-        assert sorted(_index_ids(loaded.index).tolist()) == _sql_ids(reg, key[0], key[1])
+        assert sorted(index_ids(loaded.index).tolist()) == _sql_ids(reg, key[0], key[1])
 
 
 def _index_three(reg: Registry, tiny_models, permuted_llama) -> None:
@@ -101,7 +102,7 @@ def test_remove_deletes_rows_and_vectors(registry, tiny_models, permuted_llama):
     registry.remove("llama-permuted")
     _assert_in_step(registry)
     for key in registry.vectors.keys():
-        assert not gone & set(_index_ids(registry.vectors._ensure(key).index).tolist())
+        assert not gone & set(index_ids(registry.vectors._ensure(key).index).tolist())
     assert [c.name for c in registry.candidates("llama").candidates] == ["llama-other"]
     reopened = Registry(registry.url)
     _assert_in_step(reopened)
@@ -184,7 +185,7 @@ def _synthetic(reg: Registry, n: int, dim: int, seed: int) -> np.ndarray:
     now = datetime.now(timezone.utc)
     with reg.session() as s:
         models = [
-            Model(name=f"m{i}", source="-", file_format="safetensors", family="llama", num_parameters=0,
+            Model(name=f"m{i}", source="-", file_format="safetensors", architecture="llama", num_parameters=0,
                   content_digest=f"{i:064d}", indexed_at=now)
             for i in range(n)
         ]
@@ -224,7 +225,7 @@ def test_ivf_results_match_brute_force(registry):
     store.update(remove=ids[:10, 0].tolist())
     _, again = store.search(key, queries[:10], 1)
     assert not set(again[:, 0]) & set(ids[:10, 0])
-    assert sorted(_index_ids(store._ensure(key).index).tolist()) == _sql_ids(registry, "aligned", "model")
+    assert sorted(index_ids(store._ensure(key).index).tolist()) == _sql_ids(registry, "aligned", "model")
     # A removal SQL does not know about leaves the index out of step: it is rebuilt, with a warning.
     with pytest.warns(RuntimeWarning, match="out of step"):
         store.update(remove=ids[10:20, 0].tolist())

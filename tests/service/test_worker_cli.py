@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mothertree.registry import Registry
-from mothertree.registry import _jobs as jobs
+from mothertree.registry import jobs
 
 
 def test_worker_runs_the_queue_and_exits_when_idle(cli, tiny_models):
