@@ -10,7 +10,7 @@ matrix, or indexed before this revision: such a model is judged when it is
 next loaded for a test).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-03
 """
 
