@@ -146,41 +146,57 @@ def _read_tensors(
     source: WeightSource, infos: dict[str, Any], family: str, config: dict[str, Any],
     visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str], read: Callable[[int, int], None],
 ) -> list[TensorRecord]:
-    """One record per stored tensor (statistics and digest); each learned canonical part goes to ``visit``."""
+    """One record per stored tensor (statistics and digest); each learned canonical part goes to ``visit``.
+
+    The SHA-256 of each tensor runs on a second thread (hashlib releases the
+    GIL) while this one computes statistics, sketches and verdicts.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     records: list[TensorRecord] = []
     total = sum(i.size_bytes for i in infos.values())
     done = 0
-    for name, tensor in iter_tensors(source, infos):
-        a = assign_role(name, family)
-        stats = tensor_statistics(tensor)
-        digest = tensor_digest(tensor)
-        info = infos[name]
-        parts: dict[str, "torch.Tensor"] = {}
-        if (visit is not None or judge is not None) and a.learned and a.role != "other":
-            try:
-                parts = canonical_parts(a, tensor, family=family, config=config)
-            except (RuntimeError, ValueError, IndexError):
-                # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
-                warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
-                                "not fingerprinted")
-            if visit is not None:
-                for role, part in parts.items():
-                    visit(role, a.block, a.part, part)
-        elif a.learned and family == "unknown" and tensor.ndim == 2:
-            parts = {"other": tensor}
-            if visit is not None:
-                visit("other", a.block, a.part, tensor)
-        informative, why = _verdict(judge, parts, family, a.part, a.role)
-        records.append(
-            TensorRecord(
-                name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest,
-                stats.mean, stats.std, stats.kurtosis, stats.distinct_values, stats.sample_size,
-                informative, why,
+    with ThreadPoolExecutor(1, thread_name_prefix="mothertree-digest") as hasher:
+        for name, tensor in iter_tensors(source, infos):
+            digest = hasher.submit(tensor_digest, tensor)
+            a = assign_role(name, family)
+            stats = tensor_statistics(tensor)
+            info = infos[name]
+            parts = _visit_parts(name, tensor, a, info, family, config, visit, judge, warnings)
+            informative, why = _verdict(judge, parts, family, a.part, a.role)
+            records.append(
+                TensorRecord(
+                    name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest.result(),
+                    stats.mean, stats.std, stats.kurtosis, stats.distinct_values, stats.sample_size,
+                    informative, why,
+                )
             )
-        )
-        done += info.size_bytes
-        read(done, total)
+            done += info.size_bytes
+            read(done, total)
     return records
+
+
+def _visit_parts(
+    name: str, tensor: "torch.Tensor", a: Any, info: Any, family: str, config: dict[str, Any],
+    visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str],
+) -> dict[str, "torch.Tensor"]:
+    """The tensor's learned canonical parts (to judge), each handed to ``visit`` on the way."""
+    parts: dict[str, "torch.Tensor"] = {}
+    if (visit is not None or judge is not None) and a.learned and a.role != "other":
+        try:
+            parts = canonical_parts(a, tensor, family=family, config=config)
+        except (RuntimeError, ValueError, IndexError):
+            # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
+            warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
+                            "not fingerprinted")
+        if visit is not None:
+            for role, part in parts.items():
+                visit(role, a.block, a.part, part)
+    elif a.learned and family == "unknown" and tensor.ndim == 2:
+        parts = {"other": tensor}
+        if visit is not None:
+            visit("other", a.block, a.part, tensor)
+    return parts
 
 
 def _summarise(
