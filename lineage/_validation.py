@@ -8,7 +8,7 @@ what was expected and what arrived ("expected X, got Y").
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ __all__ = [
     "degenerate_reason",
     "check_informative",
     "drop_degenerate",
+    "degenerate_entries",
+    "drop_found",
 ]
 
 
@@ -281,24 +283,42 @@ def drop_degenerate(
         # Streamed maps (models past the memory budget's share) read each tensor on demand and stop
         # early; scanning every tensor here would read both models whole. They are passed through.
         return tuple(maps), ()
+    return drop_found(maps, [degenerate_entries(m) for m in maps], names=names)
+
+
+def degenerate_entries(m: Mapping[Any, Any]) -> tuple[tuple[Any, str], ...]:
+    """``(key, reason)`` of every degenerate matrix of one map (nothing for a streamed map).
+
+    A property of one model alone: a family solver computes it once per model
+    and hands it to every pair (:func:`drop_found`) instead of re-scanning
+    each model once per pair.
+    """
+    if not isinstance(m, dict):
+        return ()
+    found = []
+    for key, value in m.items():
+        reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
+        if reasons:
+            found.append((key, reasons[0]))
+    return tuple(found)
+
+
+def drop_found(
+    maps: Sequence[Mapping[Any, Any]], found: Sequence[Sequence[tuple[Any, str]]], *, names: Iterable[str] = ("a", "b"),
+) -> tuple[tuple[dict, ...], tuple[str, ...]]:
+    """:func:`drop_degenerate` with each map's :func:`degenerate_entries` already known."""
+    if not all(isinstance(m, dict) for m in maps):
+        return tuple(maps), ()
     names = tuple(names)
-    bad: set = set()
+    bad = {k for entries in found for k, _ in entries}
     notes = []
-    for i, m in enumerate(maps):
-        found = []
-        for key, value in m.items():
-            reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
-            if reasons:
-                bad.add(key)
-                found.append((key, reasons[0]))
-        if found:
+    for i, (m, entries) in enumerate(zip(maps, found)):
+        if entries:
             label = names[i] if i < len(names) else f"map {i}"
-            shown = "; ".join(f"{k!r} {why}" for k, why in found[:3]) + ("; ..." if len(found) > 3 else "")
-            notes.append(f"{label}: {len(found)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
+            shown = "; ".join(f"{k!r} {why}" for k, why in entries[:3]) + ("; ..." if len(entries) > 3 else "")
+            notes.append(f"{label}: {len(entries)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
     kept = tuple({k: v for k, v in m.items() if k not in bad} for m in maps)
     return kept, tuple(notes)
-
-
 
 
 def rejects(p_value_log10: float, alpha: float) -> bool:
