@@ -42,6 +42,7 @@ __all__ = [
     "ConversionCheck",
     "conversion_check",
     "containment_ratio",
+    "at_stored_precision",
     "grid_residual",
     "rounds_onto_grid",
     "is_quantized",
@@ -271,6 +272,40 @@ def conversion_check(a: WeightMap, b: WeightMap, *, permutations: bool = True) -
     return ConversionCheck(best[0], best[1], permuted[best], counts[best] / total, total)
 
 
+def _stored_precision(x: torch.Tensor) -> str | None:
+    """The lowest float precision that holds every value of ``x`` exactly (``None``: float32 or wider)."""
+    for mode in ("bf16-rne", "fp16-rne"):
+        if torch.equal(_cast(x, mode), x):
+            return mode
+    return None
+
+
+def at_stored_precision(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the precision every one of ``others`` is stored in, when that is lower than its own.
+
+    A light fine-tune of a float32 model saved in bf16 differs from its parent
+    mostly by the bf16 rounding of the parent, which every bf16 descendant
+    shares: it is storage, not training. Comparing changes against the parent
+    as those descendants would store it (round-to-nearest-even, what
+    ``Tensor.to`` and ``save_pretrained(torch_dtype=...)`` do) leaves only the
+    elements training moved across a rounding boundary.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0 + 2 ** -12]])
+    >>> at_stored_precision(x, torch.tensor([[3.0]])).item()
+    1.0
+    >>> at_stored_precision(x, torch.tensor([[1.0 + 2 ** -20]])).item() == x.item()
+    True
+    """
+    x = x.float()
+    modes = {_stored_precision(o.float()) for o in others}
+    if len(modes) != 1 or None in modes:
+        return x
+    return _cast(x, modes.pop())  # a no-op when x is already stored that way
+
+
 def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> float:
     """How far ``child`` went along ``parent``'s departure from ``grand``: ``<c-g, p-g> / ||p-g||^2``.
 
@@ -281,7 +316,11 @@ def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> 
     Two fine-tunes ``p``, ``c`` of ``g`` share only a common drift ``s`` of
     their changes ``s + u`` and ``s + v``: the ratio is
     ``|s|^2 / (|s|^2 + |u|^2) < 1``. ``nan`` when ``parent`` equals ``grand``
-    or nothing is shared.
+    or nothing is shared. When ``parent`` and ``child`` are both stored at a
+    lower precision than ``grand`` (fine-tunes of a float32 model saved in
+    bf16), ``grand`` is first rounded to it (:func:`at_stored_precision`):
+    the rounding they share would otherwise read as a common drift and make
+    siblings look like a chain.
 
     Examples
     --------
@@ -305,6 +344,7 @@ def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> 
         g, p, c = grand[k], parent[k], child[k]
         if not (g.shape == p.shape == c.shape):
             continue
+        g = at_stored_precision(g, p, c)
         dp = (p.float() - g.float()).double()
         num += float((dp * (c.float() - g.float()).double()).sum())
         den += float(dp.pow(2).sum())
