@@ -240,3 +240,15 @@ def test_bf16_fine_tunes_of_a_float32_parent_are_judged_on_training_not_rounding
     assert containment_ratio(P, x, chain) > CHAIN_ABOVE
     # a pure cast changes nothing that training did: no norm-growth vote either way
     assert norm_growth_fraction(P, {k: v.bfloat16().float() for k, v in P.items()}) is None
+
+
+def test_an_edge_between_copy_groups_takes_its_relation_from_the_representatives():
+    """A permuted duplicate's pair with the quantized copy says 'finetune' (misaligned); the original's says 'quantized'."""
+    pairs = [
+        PairEvidence("ft", "ft-perm", 0.0, 0.0, "duplicate"),
+        PairEvidence("ft", "q", 0.010, 4.6, "quantized"),
+        PairEvidence("ft-perm", "q", 0.009, 0.0, "finetune"),
+    ]
+    tree = recover_family(["ft", "ft-perm", "q"], pairs)
+    edges = {(e.parent, e.child): e.relation for e in tree.edges}
+    assert edges == {("ft", "q"): "quantized", ("ft", "ft-perm"): "duplicate"}
