@@ -8,7 +8,7 @@ what was expected and what arrived ("expected X, got Y").
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ __all__ = [
     "check_informative",
     "drop_degenerate",
     "verdicts_of",
+    "degenerate_entries",
+    "drop_found",
 ]
 
 
@@ -327,24 +329,41 @@ def drop_degenerate(
     >>> sorted(fa), notes
     ([('mlp.up', 1)], ("a: 1 of 2 tensors degenerate, excluded from the evidence: ('mlp.up', 0) constant (every value is 0)",))
     """
+    return drop_found(maps, [degenerate_entries(m) for m in maps], names=names)
+
+
+def degenerate_entries(m: Mapping[Any, Any]) -> tuple[tuple[Any, str], ...]:
+    """``(key, reason)`` of every degenerate matrix of one map.
+
+    A dict is checked tensor by tensor; a streamed map is not read: its
+    verdicts come with it (:func:`verdicts_of`; none when it carries none). A
+    property of one model alone: a family solver computes it once per model
+    and hands it to every pair (:func:`drop_found`) instead of re-scanning
+    each model once per pair.
+    """
+    if not isinstance(m, dict):
+        verdicts = verdicts_of(m) or {}
+        return tuple((key, verdicts[key]) for key in m if key in verdicts)
+    found = []
+    for key, value in m.items():
+        reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
+        if reasons:
+            found.append((key, reasons[0]))
+    return tuple(found)
+
+
+def drop_found(
+    maps: Sequence[Mapping[Any, Any]], found: Sequence[Sequence[tuple[Any, str]]], *, names: Iterable[str] = ("a", "b"),
+) -> tuple[tuple[Mapping, ...], tuple[str, ...]]:
+    """:func:`drop_degenerate` with each map's :func:`degenerate_entries` already known."""
     names = tuple(names)
-    bad: set = set()
+    bad = {k for entries in found for k, _ in entries}
     notes = []
-    for i, m in enumerate(maps):
-        if isinstance(m, dict):
-            found = []
-            for key, value in m.items():
-                reasons = [r for r in (degenerate_reason(t) for t in _tensors_of(value)) if r is not None]
-                if reasons:
-                    found.append((key, reasons[0]))
-        else:
-            verdicts = verdicts_of(m) or {}
-            found = [(key, verdicts[key]) for key in m if key in verdicts]
-        bad.update(key for key, _ in found)
-        if found:
+    for i, (m, entries) in enumerate(zip(maps, found)):
+        if entries:
             label = names[i] if i < len(names) else f"map {i}"
-            shown = "; ".join(f"{k!r} {why}" for k, why in found[:3]) + ("; ..." if len(found) > 3 else "")
-            notes.append(f"{label}: {len(found)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
+            shown = "; ".join(f"{k!r} {why}" for k, why in entries[:3]) + ("; ..." if len(entries) > 3 else "")
+            notes.append(f"{label}: {len(entries)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
     kept = tuple(
         {k: v for k, v in m.items() if k not in bad} if isinstance(m, dict)
         else m if bad.isdisjoint(m) else _Without(m, bad)  # iterates keys: reads no tensor

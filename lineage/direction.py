@@ -130,6 +130,9 @@ def norm_growth_fraction(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch
     """Fraction of the tensors that changed between ``a`` and ``b`` whose norm is larger in ``b``.
 
     ``None`` when no tensor of equal shape changed (duplicates, other architectures).
+    Tensors are compared at the lower of the two storage precisions
+    (:func:`~mothertree.lineage.relations.at_stored_precision`), so a float32
+    parent and its bf16 fine-tune vote on what training changed, not on rounding.
 
     Examples
     --------
@@ -139,11 +142,16 @@ def norm_growth_fraction(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch
     >>> norm_growth_fraction(w, grown)
     1.0
     """
+    from .relations import at_stored_precision
+
     grew = changed = 0
     for k, x in a.items():
         y = b.get(k)
         if y is None or y.shape != x.shape:
             continue
+        # A side stored at higher precision is compared as the other side stores it: the
+        # rounding of a float32 parent to its bf16 child's grid is storage, not a change.
+        x, y = at_stored_precision(x, y), at_stored_precision(y, x)
         nx_, ny = float(x.float().norm()), float(y.float().norm())
         if float((x.float() - y.float()).norm()) <= 1e-6 * max(nx_, ny, 1e-30):
             continue

@@ -36,6 +36,7 @@ from ._views import Renumbered, shape_of, typing_view
 from .direction import Direction, DirectionSignals, norm_growth_fraction, orient
 from .relations import (
     MergeFit, RelationEvidence, classify_relation, containment_ratio, invariant_distance, merge_fit, relative_distance,
+    WeightFacts, weight_facts,
 )
 from .tree import PairEvidence, recover_family
 
@@ -208,13 +209,21 @@ def pair_evidence(
         if len(ordered) <= ALL_PAIRS_MAX else list(stats.known)
     )
     out: dict[tuple[Key, Key], _Pair] = {}
+    # Per-model scans (degenerate tensors, quantization grid) once per model, not once per pair.
+    own: dict[Key, WeightFacts] = {}
+
+    def facts_of(m: Key) -> WeightFacts:
+        if m not in own:
+            own[m] = weight_facts(weights[m], facts[m].dtypes)
+        return own[m]
+
     for a, b in candidates:
         stored = stats.get(a, b)
         if stored is not None and not stored.dependent:
             continue  # tested and found independent: never an edge
         wa, wb = weights[a], weights[b]
         fa, fb = facts[a], facts[b]
-        rel = classify_relation(wa, wb, dtypes_a=fa.dtypes, dtypes_b=fb.dtypes)
+        rel = classify_relation(wa, wb, dtypes_a=fa.dtypes, dtypes_b=fb.dtypes, facts_a=facts_of(a), facts_b=facts_of(b))
         d = _pair_distance(a, b, wa, wb, rel, stats)
         declared = 1 if fa.name in fb.declared_base_models else -1 if fb.name in fa.declared_base_models else 0
         sig = DirectionSignals(

@@ -23,6 +23,7 @@ the common part (ratio < 1). Siblings are re-attached to ``g`` (an ancestor of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Hashable, Mapping, Sequence
@@ -150,8 +151,13 @@ def recover_family(
                 dup_edges.append(TreeEdge(rep, n, "duplicate", conf))
     reps = [n for n in nodes if rep_of[n] == n]
 
-    # 2. Directed costs between representatives.
+    # 2. Directed costs between representatives. The distance is the least over
+    # the groups' members (a bf16 copy of a float32 original is nearer its bf16
+    # fine-tunes); the relation and direction come from the representatives' own
+    # pair when it was compared: a permuted copy of a model is typed against its
+    # relatives on misaligned weights (its quantized copy does not round onto it).
     best: dict[tuple[Hashable, Hashable], PairEvidence] = {}
+    own: dict[tuple[Hashable, Hashable], PairEvidence] = {}
     for p in pairs:
         a, b = rep_of[p.a], rep_of[p.b]
         if a == b:
@@ -159,6 +165,9 @@ def recover_family(
         key = (a, b) if str(a) <= str(b) else (b, a)
         if key not in best or p.distance < best[key].distance:
             best[key] = p
+        if (p.a, p.b) in (key, key[::-1]):
+            own[key] = p
+    best = {k: dataclasses.replace(own[k], distance=p.distance) if k in own else p for k, p in best.items()}
     finite = [p.distance for p in best.values() if math.isfinite(p.distance)]
     scale = (sum(finite) / len(finite)) if finite else 1.0
     g = nx.DiGraph()
