@@ -156,8 +156,13 @@ def recover_family(
     # fine-tunes); the relation and direction come from the representatives' own
     # pair when it was compared: a permuted copy of a model is typed against its
     # relatives on misaligned weights (its quantized copy does not round onto it).
+    # Positive evidence of a quantization between two groups' members wins over a
+    # plain fine-tune from the representatives: misaligned weights cannot fake a
+    # grid, and the members of a group are exact conversions of each other (a
+    # GGUF file that declares its block grid and its dequantized re-export).
     best: dict[tuple[Hashable, Hashable], PairEvidence] = {}
     own: dict[tuple[Hashable, Hashable], PairEvidence] = {}
+    quantized: dict[tuple[Hashable, Hashable], PairEvidence] = {}
     for p in pairs:
         a, b = rep_of[p.a], rep_of[p.b]
         if a == b:
@@ -167,6 +172,11 @@ def recover_family(
             best[key] = p
         if (p.a, p.b) in (key, key[::-1]):
             own[key] = p
+        if p.relation == "quantized" and (key not in quantized or p.distance < quantized[key].distance):
+            quantized[key] = p
+    for k, p in own.items():
+        if p.relation in ("finetune", "unknown") and k in quantized:
+            own[k] = quantized[k]
     best = {k: dataclasses.replace(own[k], distance=p.distance) if k in own else p for k, p in best.items()}
     finite = [p.distance for p in best.values() if math.isfinite(p.distance)]
     scale = (sum(finite) / len(finite)) if finite else 1.0
