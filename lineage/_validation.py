@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..serialize import json_float  # the one NaN/inf rule, re-exported for lineage
+from ._views import KeySubset
 
 __all__ = [
     "check_matrix",
@@ -272,38 +273,6 @@ def verdicts_of(weights: Any) -> Mapping[Any, str] | None:
     return verdicts if isinstance(verdicts, Mapping) else None
 
 
-class _Without(Mapping):
-    """A lazy map without some of its keys (degenerate tensors), read through it on demand."""
-
-    def __init__(self, weights: Mapping, dropped: set) -> None:
-        self._w = weights
-        self._keys = [k for k in weights if k not in dropped]
-        self._set = set(self._keys)
-
-    def __getitem__(self, key):
-        if key not in self._set:
-            raise KeyError(key)
-        return self._w[key]
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key) -> bool:
-        return key in self._set
-
-    @property
-    def degenerate(self) -> Mapping[Any, str]:
-        return {}  # every degenerate key is gone: the rest was judged informative
-
-    def shape_of(self, key) -> tuple[int, ...]:
-        if hasattr(self._w, "shape_of"):
-            return tuple(self._w.shape_of(key))
-        return tuple(self._w[key].shape)
-
-
 def drop_degenerate(
     *maps: Mapping[Any, Any], names: Iterable[str] = ("a", "b")
 ) -> tuple[tuple[Mapping, ...], tuple[str, ...]]:
@@ -366,7 +335,7 @@ def drop_found(
             notes.append(f"{label}: {len(entries)} of {len(m)} tensors degenerate, excluded from the evidence: {shown}")
     kept = tuple(
         {k: v for k, v in m.items() if k not in bad} if isinstance(m, dict)
-        else m if bad.isdisjoint(m) else _Without(m, bad)  # iterates keys: reads no tensor
+        else m if bad.isdisjoint(m) else KeySubset(m, [k for k in m if k not in bad])  # reads no tensor
         for m in maps
     )
     return kept, tuple(notes)

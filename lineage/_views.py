@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
-__all__ = ["shape_of", "is_lazy", "BlockSubset", "Renumbered", "spread", "typing_view", "TYPING_BLOCKS"]
+__all__ = ["shape_of", "is_lazy", "KeySubset", "BlockSubset", "Renumbered", "spread", "typing_view", "TYPING_BLOCKS"]
 
 Key = tuple[str, "int | None"]
 
@@ -58,6 +58,21 @@ class _View(Mapping):
 
     def shape_of(self, key: Key) -> tuple[int, ...]:
         return shape_of(self._w, self._keys[key])
+
+    @property
+    def degenerate(self) -> Mapping[Key, str] | None:
+        """The source's degenerate verdicts (``lineage._validation.verdicts_of``) for the keys kept, re-keyed."""
+        verdicts = getattr(self._w, "degenerate", None)
+        if not isinstance(verdicts, Mapping):
+            return None
+        return {new: verdicts[old] for new, old in self._keys.items() if old in verdicts}
+
+
+class KeySubset(_View):
+    """The tensors of ``keys`` of a WeightMap (e.g. all but the degenerate ones)."""
+
+    def __init__(self, weights: Mapping, keys: Sequence[Key]) -> None:
+        super().__init__(weights, {k: k for k in keys})
 
 
 class BlockSubset(_View):

@@ -52,6 +52,7 @@ from ._validation import (
     rejects,
     verdicts_of,
 )
+from ._views import BlockSubset
 from .matching import (
     aligned_cosine_test,
     aligned_result_from_cosines,
@@ -299,35 +300,6 @@ class CheckedLazy(Mapping):
 
     def __contains__(self, key) -> bool:
         return key in self._w
-
-    def shape_of(self, key) -> tuple[int, ...]:
-        return _shape(self._w, key)
-
-
-class _BlockView(Mapping):
-    """The model-level tensors and blocks ``< n`` of a WeightMap, read through it lazily."""
-
-    def __init__(self, weights: Mapping, n: int) -> None:
-        self._w = weights
-        self._keys = [k for k in weights if k[1] is None or k[1] < n]
-
-    def __getitem__(self, key):
-        if key[1] is not None and key not in self._keys:
-            raise KeyError(key)
-        return self._w[key]
-
-    def __iter__(self):
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key) -> bool:
-        return key in self._keys
-
-    @property
-    def degenerate(self) -> Mapping | None:
-        return verdicts_of(self._w)
 
     def shape_of(self, key) -> tuple[int, ...]:
         return _shape(self._w, key)
@@ -1046,7 +1018,7 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
     for n in looks:
         parts: list[IndependenceResult] = []
         n_tests = int(use_exact) + int(use_match)
-        va, vb = (_BlockView(a, n), _BlockView(b, n)) if same_depth else (a, b)
+        va, vb = (BlockSubset(a, range(n)), BlockSubset(b, range(n))) if same_depth else (a, b)
         if use_exact:
             parts.append(exact_test(va, vb, alpha=alpha, max_units=cap, max_features=feats, rng=rng))
         if use_match and not (parts and parts[0].p_value_log10 + math.log10(n_tests) + lk < stop_log10):

@@ -229,7 +229,6 @@ def plan_reindex(conn: Connection, *, device: str = "auto") -> ReindexPlan:
 def _execute_reindex(conn: Connection, plan: ReindexPlan) -> ReindexReport:
     from ..indexer import open_source, scan_model
     from ..indexer.fingerprints import Fingerprinter
-    from ..lineage import degenerate_reason
 
     done, problems = [], []
     for name in plan.unfingerprinted:
