@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..progress import Progress, note_read
+from ..threads import wide
 from .readers import WeightSource, iter_tensors, open_source, read_header
 from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
 from .stats import tensor_digest, tensor_statistics
@@ -160,10 +161,11 @@ def _read_tensors(
         for name, tensor in iter_tensors(source, infos):
             digest = hasher.submit(tensor_digest, tensor)
             a = assign_role(name, family)
-            stats = tensor_statistics(tensor)
             info = infos[name]
-            parts = _visit_parts(name, tensor, a, info, family, config, visit, judge, warnings)
-            informative, why = _verdict(judge, parts, family, a.part, a.role)
+            with wide(tensor.numel()):
+                stats = tensor_statistics(tensor)
+                parts = _visit_parts(name, tensor, a, info, family, config, visit, judge, warnings)
+                informative, why = _verdict(judge, parts, family, a.part, a.role)
             records.append(
                 TensorRecord(
                     name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest.result(),

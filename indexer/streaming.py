@@ -26,6 +26,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterator
 
+from ..threads import wide
 from .readers import WeightSource, open_source, read_header
 from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
 
@@ -105,7 +106,8 @@ class StreamingWeightMap(Mapping):
         if role:
             a = assign_role(name, self.family)
             stored = canonical_parts(a, raw, family=self.family, config=self.source.config)[role]
-        out = stored.float().contiguous()
+        with wide(stored.numel()):
+            out = stored.float().contiguous()
         if out.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
             out = out.clone()  # never hand out a view of the memory map: the caller owns its tensor
         return out

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..serialize import json_float  # the one NaN/inf rule, re-exported for lineage
+from ..threads import wide
 from ._views import KeySubset
 
 __all__ = [
@@ -53,7 +54,12 @@ def check_matrix(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name}: expected a real-valued tensor, got dtype {x.dtype}")
-    x = x.detach().to(torch.float32)
+    with wide(x.numel()):
+        return _finite(x.detach().to(torch.float32), name)
+
+
+def _finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` when every value is finite, else a ValueError naming it."""
     # one reduction is ~20x faster than an elementwise isfinite on 7B-sized
     # blocks; a NaN or infinity makes the sum non-finite, and only then (or on
     # an overflowing sum) is every element checked

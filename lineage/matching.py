@@ -31,6 +31,7 @@ import torch
 from scipy import optimize, special, stats
 
 from ..serialize import Serializable
+from ..threads import wide
 from ._validation import (
     check_informative,
     check_log10_p,
@@ -200,6 +201,12 @@ def cosine_similarity_matrix(
     a = check_matrix(a, "a")
     b = check_matrix(b, "b")
     check_same_columns(a, b, ("a", "b"))
+    with wide(a.numel() + b.numel()):
+        return _cosines(a, b, absolute=absolute, center=center)
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor, *, absolute: bool, center: bool) -> torch.Tensor:
+    """The body of :func:`cosine_similarity_matrix` on validated matrices."""
     if center:
         a = a - a.mean(dim=1, keepdim=True)
         b = b - b.mean(dim=1, keepdim=True)

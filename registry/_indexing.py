@@ -11,12 +11,14 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..progress import Progress
+from ..threads import configure as configure_threads
 from ._candidates import fingerprint_rows
 from ._connection import Connection
 from ._models import IndexReport, IndexResult, utc_now
 from ._schema import Edge, FamilyMember, Fingerprint, Model, ModelRevision, PairTest, Tensor
 from ._vectors import IndexPlan, ReindexPlan, ReindexReport, VectorStore
 from .errors import MothertreeError
+from .settings import threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +59,7 @@ def read_model(
 
     from ._naming import absolute_path, default_name
 
+    configure_threads(threads())
     source = open_source(absolute_path(path))
     label = label or default_name(source)
     fingerprinter = Fingerprinter(device=device, config=source.config)

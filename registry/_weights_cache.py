@@ -14,7 +14,8 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from ._schema import Model, Tensor
-from .settings import forward_max_params
+from ..threads import configure as configure_threads
+from .settings import forward_max_params, threads
 
 __all__ = ["WeightsCache", "LoadedModel", "Verdicts", "stored_verdicts"]
 
@@ -66,6 +67,7 @@ class WeightsCache:
 
     def load(self, source: str, digest: str | None = None, *, activations: bool = True) -> LoadedModel:
         """Weights (and, unless ``activations=False``, activations) of the model at ``source``."""
+        configure_threads(threads())  # the tests that follow run on these threads
         return self._load(source, digest, activations=activations)
 
     def _load(self, source: str, digest: str | None = None, *, activations: bool = True) -> _Loaded:
