@@ -8,6 +8,7 @@ what was expected and what arrived ("expected X, got Y").
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -54,8 +55,11 @@ def check_matrix(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name}: expected a real-valued tensor, got dtype {x.dtype}")
+    if x.requires_grad:
+        x = x.detach()
     with wide(x.numel()):
-        return _finite(x.detach().to(torch.float32), name)
+        # a float32 tensor is returned itself: the caller's object, whose degenerate verdict is remembered
+        return _finite(x.to(torch.float32), name)
 
 
 def _finite(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -200,8 +204,17 @@ def _distinct_lines(x: np.ndarray, dim: int) -> int:
     return int(np.unique(np.round(keys / scale * 1e9)).size)
 
 
+#: Verdicts of live tensors: ``id -> (weak reference, version counter, reason)``.
+_VERDICTS: dict[int, tuple[weakref.ref, int, str | None]] = {}
+
+
 def degenerate_reason(x: Any) -> str | None:
     """Why a matrix can carry no evidence of lineage, or ``None`` when it can.
+
+    A tensor's verdict is remembered while the tensor lives and is not
+    modified in place (torch's version counter): a registry tests one loaded
+    model against many others, and the same matrix would otherwise be judged
+    again in every pair, by every test that guards its input.
 
     A constant (all-zero) matrix, one with fewer than
     :data:`MIN_DISTINCT_VALUES` distinct values, one whose rows or columns are
@@ -217,9 +230,29 @@ def degenerate_reason(x: Any) -> str | None:
     >>> degenerate_reason(torch.randn(8, 4, generator=torch.Generator().manual_seed(0))) is None
     True
     """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to(torch.float32).cpu().numpy()
-    x = np.asarray(x, dtype=np.float32)
+    if not isinstance(x, torch.Tensor):
+        return _judge(np.asarray(x, dtype=np.float32))
+    version = _version_of(x)
+    known = _VERDICTS.get(id(x))
+    if known is not None and known[0]() is x and version is not None and known[1] == version:
+        return known[2]
+    why = _judge(x.detach().to(torch.float32).cpu().numpy())
+    if version is not None:
+        key = id(x)
+        _VERDICTS[key] = (weakref.ref(x, lambda _, key=key: _VERDICTS.pop(key, None)), version, why)
+    return why
+
+
+def _version_of(x: torch.Tensor) -> int | None:
+    """The tensor's in-place modification counter (``None`` for inference tensors, which have none)."""
+    try:
+        return int(x._version)
+    except RuntimeError:
+        return None
+
+
+def _judge(x: np.ndarray) -> str | None:
+    """The verdict of :func:`degenerate_reason` on a float32 array."""
     if x.ndim != 2 or x.size == 0:
         return f"not a non-empty matrix (shape {tuple(x.shape)})"
     # numpy throughout: torch's small kernels stall when its threads compete with other work
@@ -253,8 +286,9 @@ def degenerate_reason(x: Any) -> str | None:
 
 def check_informative(x: Any, name: str) -> torch.Tensor:
     """:func:`check_matrix`, and refuse a degenerate matrix (see :func:`degenerate_reason`)."""
-    x = check_matrix(x, name)
-    why = degenerate_reason(x)
+    checked = check_matrix(x, name)
+    why = degenerate_reason(x if isinstance(x, torch.Tensor) else checked)  # the caller's tensor: its verdict is kept
+    x = checked
     if why is not None:
         raise ValueError(f"{name}: expected an informative matrix, got a degenerate one: {why}")
     return x

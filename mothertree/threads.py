@@ -1,4 +1,4 @@
-"""How many CPU threads torch's kernels use: one by default, every core for the few large ones.
+"""How many CPU threads torch's and BLAS's kernels use: one by default, every core for torch's few large ones.
 
 mothertree's statistics are mostly many small kernels (norms, moments,
 sorted samples, 64–1024-wide products) interleaved with Python. On a
@@ -8,12 +8,15 @@ reader and digest threads, a database, another process) the barrier waits
 for a scheduler time slice. Measured on a 2-core machine (bench/RESULTS.md,
 "Threads"): an independence test of two 128-wide models took 0.64 s on one
 thread and 2.2 s on two with the machine otherwise idle, 0.69 s and 10.9 s
-beside one other busy process. Large kernels (a chunk of a 7B-shaped
+beside one other busy process. numpy's and scipy's OpenBLAS pools behave
+the same (a whole resolve of 20 small models: 58 s with one BLAS thread,
+160 s with two beside one busy process), so they are held to the same
+count through ``threadpoolctl``. Large torch kernels (a chunk of a 7B-shaped
 matrix) amortise the barrier and still gain from more cores, so they ask
 for them with :func:`wide`.
 
-Standard library only at import time; torch is imported when a function
-runs. The registry calls :func:`configure` with ``MOTHERTREE_THREADS``.
+Standard library only at import time; torch, numpy, scipy and threadpoolctl
+are imported when a function runs. The registry calls :func:`configure` with ``MOTHERTREE_THREADS``.
 """
 
 from __future__ import annotations
@@ -27,22 +30,31 @@ __all__ = ["WIDE_ELEMENTS", "configure", "wide"]
 #: A kernel over at least this many elements runs on every core (it amortises the pool's barrier).
 WIDE_ELEMENTS = 1 << 22
 
-_baseline: int | None = None
+_baseline: int | None = None  # torch's threads for small kernels, once configured
+_blas: int | None = None  # the BLAS limit in force (threadpoolctl scans loaded libraries: done once)
 
 
 def configure(threads: int = 1) -> int:
-    """Set torch's intra-op threads for small kernels; ``0`` keeps torch's own default. Returns the count in use.
+    """Set torch's and BLAS's threads for small kernels; ``0`` keeps the libraries' own. Returns torch's count.
 
-    Idempotent and cheap: every registry calls it, so a process that builds
-    several (a service, a worker, the tests) ends up with the same setting.
+    Idempotent and cheap: every read of a model calls it, so a process that
+    builds several registries (a service, a worker, the tests) ends up with
+    one setting.
     """
+    global _baseline, _blas
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (the libraries' default) or a positive count, got {threads}")
+    import numpy  # noqa: F401  (a BLAS is limited only once it is loaded)
+    import scipy.linalg  # noqa: F401
     import torch
 
-    global _baseline
-    if threads < 0:
-        raise ValueError(f"threads must be 0 (torch's default) or a positive count, got {threads}")
     if threads > 0:
         torch.set_num_threads(threads)
+        if _blas != threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=threads, user_api="blas")
+            _blas = threads
     _baseline = torch.get_num_threads()
     return _baseline
 

@@ -63,6 +63,10 @@ def loaded_nbytes(weights: Any, activations: Any) -> int:
     return n
 
 
+#: Activation views a disk-cached model keeps in memory (small models: all of them; 7B: a few blocks).
+KEEP_BYTES = 64 << 20
+
+
 class LazyActivations(Mapping):
     """``block -> BlockActivations`` computed on first use, block by block, cached on disk.
 
@@ -97,6 +101,17 @@ class LazyActivations(Mapping):
     def nbytes_in_memory(self) -> int:
         return sum(a.a.numel() * 4 * 2 for a in self._memory.values())
 
+    def _keep(self, block: int, acts: Any) -> Any:
+        """``acts``, also kept in memory while this model's kept views stay under :data:`KEEP_BYTES`.
+
+        A model joins many pairs; re-reading its views from disk for each one
+        also makes every test re-judge new tensors (degenerate checks are
+        remembered per tensor object).
+        """
+        if self.nbytes_in_memory + acts.a.numel() * 4 * 2 <= KEEP_BYTES:
+            self._memory[block] = acts
+        return acts
+
     def _file(self, block: int) -> Path | None:
         return None if self._dir is None else self._dir / f"block{block}.pt"
 
@@ -113,7 +128,7 @@ class LazyActivations(Mapping):
         if f is not None and f.is_file():
             try:
                 d = torch.load(f, map_location="cpu", weights_only=True)
-                return BlockActivations(d["kind"], d["a"].float(), d["b"].float())
+                return self._keep(block, BlockActivations(d["kind"], d["a"].float(), d["b"].float()))
             except (OSError, RuntimeError, KeyError, ValueError):
                 pass  # a damaged cache file is recomputed
         n = min(len(self._blocks), max(block + 1, 2 * self._computed))
