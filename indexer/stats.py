@@ -19,8 +19,8 @@ __all__ = ["TensorStats", "tensor_statistics", "tensor_digest", "SAMPLE_SIZE"]
 
 #: Elements sampled (evenly strided) for the distinct-value count.
 SAMPLE_SIZE = 65_536
-#: Elements converted to float32 at once for the moments (4 MiB: stays in cache).
-_MOMENT_CHUNK = 1 << 20
+#: Elements converted to float32 at once for the moments (1 MiB buffers: they stay in cache).
+_MOMENT_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -57,21 +57,30 @@ def tensor_statistics(t: "torch.Tensor") -> TensorStats:
     if flat.is_floating_point() and flat.element_size() == 1:
         sample = sample.float()  # float8 has no torch.unique; the conversion is exact
     distinct = int(torch.unique(sample).numel())
-    if not (flat.is_floating_point() or flat.dtype.is_complex):
-        flat = flat.to(torch.float64)
+    if flat.dtype.is_complex:
+        flat = flat.real
     # Moments in one chunked pass about a pilot mean from the sample: shifting
     # by a value near the mean keeps the power sums free of cancellation (norm
-    # weights sit near 1 with a spread of 1e-2), and chunks keep the float32
-    # working copy small and in cache instead of four full-size temporaries.
+    # weights sit near 1 with a spread of 1e-2). Each chunk is converted into
+    # reused cache-sized buffers (no full-size temporaries) and summed by
+    # torch's cascade sum, which keeps float32 sums exact to ~1e-8 here: 2.5x
+    # faster than float64 sums of the same chunks (bench/RESULTS.md, issue 10).
     shift = float(sample.float().mean())
+    work = torch.float32 if flat.is_floating_point() else torch.float64  # integers above 2^24 stay exact
+    size = min(n, _MOMENT_CHUNK)
+    buf, sq, tmp = (torch.empty(size, dtype=work) for _ in range(3))
     s1 = s2 = s3 = s4 = 0.0
     for i in range(0, n, _MOMENT_CHUNK):
-        d = flat[i : i + _MOMENT_CHUNK].float() - shift
-        d2 = d * d
-        s1 += float(d.sum(dtype=torch.float64))
-        s2 += float(d2.sum(dtype=torch.float64))
-        s3 += float(torch.dot(d2, d))
-        s4 += float(torch.dot(d2, d2))
+        chunk = flat[i : i + _MOMENT_CHUNK]
+        m = chunk.numel()
+        d = buf[:m]
+        d.copy_(chunk)
+        d.sub_(shift)
+        d2 = torch.mul(d, d, out=sq[:m])
+        s1 += float(d.sum())
+        s2 += float(d2.sum())
+        s3 += float(torch.mul(d2, d, out=tmp[:m]).sum())
+        s4 += float(torch.mul(d2, d2, out=tmp[:m]).sum())
     delta = s1 / n  # the mean's offset from the shift
     m2 = s2 / n - delta * delta
     m4 = s4 / n - 4 * delta * s3 / n + 6 * delta * delta * s2 / n - 3 * delta ** 4
