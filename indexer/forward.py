@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..registry.errors import UnreadableWeightsError
-from .roles import assign_role, detect_family
+from .roles import assign_role, detect_architecture
 
 __all__ = [
     "ForwardModel", "load_forward_model", "find_mlp_modules", "seeded_inputs",
@@ -45,23 +45,23 @@ class ForwardModel:
         fused ``mlp.gate_up``, or ``mlp.in``/``mlp.out``).
     vocab_size : int
         Token ids accepted by the model: ``[0, vocab_size)``.
-    family : str
-        Role-table family (``"llama"``, ``"gpt2"``, ...).
+    architecture : str
+        Role-table architecture (``"llama"``, ``"gpt2"``, ...).
     """
 
     model: nn.Module
     mlp_modules: Mapping[int, Mapping[str, nn.Module]]
     vocab_size: int
-    family: str
+    architecture: str
 
 
-def find_mlp_modules(model: nn.Module, family: str) -> dict[int, dict[str, nn.Module]]:
+def find_mlp_modules(model: nn.Module, architecture: str) -> dict[int, dict[str, nn.Module]]:
     """Map each block to its MLP projection modules, via the canonical role of ``name + ".weight"``."""
     found: dict[int, dict[str, nn.Module]] = {}
     for name, module in model.named_modules():
         if not name:
             continue
-        role = assign_role(name + ".weight", family)
+        role = assign_role(name + ".weight", architecture)
         if role.role in _MLP_ROLES and role.block is not None and isinstance(getattr(module, "weight", None), torch.Tensor):
             found.setdefault(role.block, {})[role.role] = module
     return dict(sorted(found.items()))
@@ -75,7 +75,7 @@ def _no_forward_pass(folder: Path, problem: str, cause: Exception | None = None)
 
 
 def _model_class(folder: Path) -> tuple[Any, str, Any]:
-    """A model folder's transformers config, role-map family and auto class (causal LM, else base model)."""
+    """A model folder's transformers config, role-map architecture and auto class (causal LM, else base model)."""
     fail = partial(_no_forward_pass, folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -94,19 +94,19 @@ def _model_class(folder: Path) -> tuple[Any, str, Any]:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
-    family = detect_family(raw_config, ())
-    if family == "unknown":
-        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
-    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
+    architecture = detect_architecture(raw_config, ())
+    if architecture == "unknown":
+        raise fail(f"the role map has no architecture for model_type {raw_config.get('model_type')!r}")
+    auto = AutoModelForCausalLM if architecture != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
         else AutoModel
-    return config, family, auto
+    return config, architecture, auto
 
 
 def load_forward_model(path: str | Path) -> ForwardModel:
     """Build the ``transformers`` model stored in the folder ``path``.
 
-    Decoder families load with ``AutoModelForCausalLM``; encoders (BERT
-    family) and anything without a causal-LM class with ``AutoModel``.
+    Decoders load with ``AutoModelForCausalLM``; encoders (the BERT
+    architecture) and anything without a causal-LM class with ``AutoModel``.
     Nothing is downloaded and no code from the folder is run.
 
     Raises
@@ -118,7 +118,7 @@ def load_forward_model(path: str | Path) -> ForwardModel:
     """
     folder = Path(path)
     fail = partial(_no_forward_pass, folder)
-    config, family, auto = _model_class(folder)
+    config, architecture, auto = _model_class(folder)
     try:
         model = auto.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False, weights_only=True, dtype=torch.float32
@@ -126,11 +126,11 @@ def load_forward_model(path: str | Path) -> ForwardModel:
     except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:  # ImportError: GPTQ/AWQ need optimum
         raise fail(f"the weights do not load ({type(e).__name__}: {e})", e) from e
     model.eval()
-    mlp_modules = find_mlp_modules(model, family)
+    mlp_modules = find_mlp_modules(model, architecture)
     if not mlp_modules:
-        raise fail(f"no MLP block found in the {family} model")
+        raise fail(f"no MLP block found in the {architecture} model")
     vocab_size = int(getattr(config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
-    return ForwardModel(model=model, mlp_modules=mlp_modules, vocab_size=vocab_size, family=family)
+    return ForwardModel(model=model, mlp_modules=mlp_modules, vocab_size=vocab_size, architecture=architecture)
 
 
 def seeded_inputs(vocab_size: int, n_seq: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -204,7 +204,7 @@ class BlockRunner:
     model: nn.Module
     mlp_modules: Mapping[int, Mapping[str, nn.Module]]
     vocab_size: int
-    family: str
+    architecture: str
     seq_len_limit: int | None
     device: str
     _weights: Any  # StreamingWeightMap: raw tensors by stored name
@@ -316,7 +316,7 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
 
     folder = Path(path)
     fail = partial(_no_forward_pass, folder)
-    config, family, auto = _model_class(folder)
+    config, architecture, auto = _model_class(folder)
     weights = weights if weights is not None else StreamingWeightMap(folder)
     try:
         with _parameters_on_meta():
@@ -338,9 +338,9 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
             if cand in stored:
                 names[pname] = cand
                 break
-    mlp_modules = find_mlp_modules(model, family)
+    mlp_modules = find_mlp_modules(model, architecture)
     if not mlp_modules:
-        raise fail(f"no MLP block found in the {family} model")
+        raise fail(f"no MLP block found in the {architecture} model")
     containers: dict[int, tuple[str, nn.Module]] = {}
     modules = dict(model.named_modules())
     for block, roles in mlp_modules.items():
@@ -364,5 +364,5 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
     if vocab_size < 1:
         raise fail("config.json has no vocab_size")
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return BlockRunner(model, mlp_modules, vocab_size, family, max_pos if isinstance(max_pos, int) else None,
+    return BlockRunner(model, mlp_modules, vocab_size, architecture, max_pos if isinstance(max_pos, int) else None,
                        dev, weights, names, containers, leaves)

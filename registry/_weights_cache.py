@@ -104,7 +104,7 @@ class WeightsCache:
             max_pos = config.get("max_position_embeddings") or config.get("n_positions")
             if not config:
                 notes = ("weights-only tests: cannot build a forward pass: no config.json in the folder",)
-            elif streamed.family == "unknown" or not isinstance(vocab, int) or vocab < 1:
+            elif streamed.architecture == "unknown" or not isinstance(vocab, int) or vocab < 1:
                 notes = (f"weights-only tests: cannot build a forward pass for model_type "
                          f"{config.get('model_type')!r}",)
             else:
