@@ -95,17 +95,17 @@ def _fingerprint_only(path: Path, device: str) -> float:
     """Read and sketch every identity tensor, as ``scan_model``'s visitor sees it, without statistics."""
     from ..indexer import iter_tensors, open_source, read_header
     from ..indexer.fingerprints import Fingerprinter
-    from ..indexer.roles import assign_role, canonical_parts, detect_family
+    from ..indexer.roles import assign_role, canonical_parts, detect_architecture
 
     src = open_source(path)
     t0 = time.perf_counter()
     infos = read_header(src)
-    family = detect_family(src.config, infos)
+    architecture = detect_architecture(src.config, infos)
     fp = Fingerprinter(device=device, config=src.config)
     for name, t in iter_tensors(src, infos):
-        a = assign_role(name, family)
+        a = assign_role(name, architecture)
         if a.learned and a.role != "other":
-            for role, part in canonical_parts(a, t, family=family, config=src.config).items():
+            for role, part in canonical_parts(a, t, architecture=architecture, config=src.config).items():
                 fp.visit(role, a.block, a.part, part)
     fp.finish()
     return time.perf_counter() - t0

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["make_case", "run_case"]
@@ -76,73 +77,107 @@ def _begin(entry: dict) -> int:
     return off[0] if isinstance(off, list) and off and isinstance(off[0], int) else 0
 
 
+@dataclass
+class _Case:
+    """A file being mutated: its header entries (``[name, entry]``), data bytes, metadata and framing."""
+
+    entries: list[list]
+    data: bytearray
+    meta: object = field(default_factory=lambda: {"format": "pt"})
+    prefix_delta: int | None = None
+    raw_flip: bool = False
+
+
+#: Mutation kinds that change the file (metadata, length prefix, data, raw header bytes), not one entry.
+_FILE_KINDS = frozenset({6, 7, 8, 9, 10, 13})
+
+
 def make_case(rnd: random.Random) -> bytes:
     """One mutated safetensors file's bytes."""
+    case = _valid_case(rnd)
+    for _ in range(rnd.randint(1, 3)):
+        kind = rnd.randrange(16)
+        e = rnd.choice(case.entries)  # drawn for every kind, so that a seed always gives the same case
+        if kind in _FILE_KINDS:
+            _mutate_file(rnd, kind, case)
+        else:
+            _mutate_entry(rnd, kind, e, case.entries)
+    return _serialise(rnd, case)
+
+
+def _valid_case(rnd: random.Random) -> _Case:
+    """The valid file every case starts from: :data:`_BASE` tiled in order, random data bytes."""
     entries = []
     offset = 0
     for name, dtype, shape in _BASE:
         size = _numel(shape) * _SIZES[dtype]
         entries.append([name, {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}])
         offset += size
-    data = bytearray(rnd.getrandbits(8) for _ in range(offset))
-    meta: object = {"format": "pt"}
-    prefix_delta = None
-    raw_flip = False
-    for _ in range(rnd.randint(1, 3)):
-        kind = rnd.randrange(16)
-        e = rnd.choice(entries)
-        if kind == 0:
-            e[1]["dtype"] = rnd.choice(_WEIRD + list(_SIZES))
-        elif kind == 1:
-            e[1]["shape"] = rnd.choice(_SHAPES)
-        elif kind == 2:
-            off = e[1].get("data_offsets")
-            b, en = off if isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off) else (0, 4)
-            e[1]["data_offsets"] = rnd.choice([[en, b], [-1, en], [b, en + rnd.randint(1, 64)], [b, 1 << 62], [b],
-                                               [b, en, 1], [str(b), en], [float(b), en], None, [b + 1, en + 1]])
-        elif kind == 3:
-            e[0] = rnd.choice(_NAMES)
-        elif kind == 4:
-            other = rnd.choice(entries)
-            e[0] = other[0]  # duplicate name
-        elif kind == 5:
-            e[1].pop(rnd.choice(["dtype", "shape", "data_offsets"]), None)
-        elif kind == 6:
-            depth = rnd.choice([50, 2000, 100_000])
-            meta = _Raw("[" * depth + "]" * depth)
-        elif kind == 7:
-            meta = rnd.choice([[], "x", 1, {"a": 1}, {"a": {"b": "c"}}, None])
-        elif kind == 8:
-            prefix_delta = rnd.choice([-9, -1, 1, 1000, 1 << 40, 1 << 63])
-        elif kind == 9:
-            data = data[: rnd.randrange(len(data) + 1)]
-        elif kind == 10:
-            data += bytes(rnd.randint(1, 64))
-        elif kind == 11:  # a scalar where a matrix belongs
-            e[1]["shape"] = []
-            e[1]["dtype"] = "F32"
-            b = _begin(e[1])
-            e[1]["data_offsets"] = [b, b + 4]
-        elif kind == 12:  # zero-size tensor with a consistent empty span
-            e[1]["shape"] = rnd.choice([[0, 8], [1 << 40, 0], [0], [0, 1 << 20], [(1 << 31) - 1, 0]])
-            b = _begin(e[1])
-            e[1]["data_offsets"] = [b, b]
-        elif kind == 13:
-            raw_flip = True
-        elif kind == 14:
-            e[1]["extra"] = rnd.choice([1, "x", [1, 2], {"k": "v"}])
-        else:  # scale a shape, keep the offsets: a lying size
-            shape = e[1].get("shape")
-            if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
-                e[1]["shape"] = [d * rnd.choice([2, 3, 1000]) for d in shape]
-    pairs = [("__metadata__", meta)] + [(n, v) for n, v in entries]
+    return _Case(entries, bytearray(rnd.getrandbits(8) for _ in range(offset)))
+
+
+def _mutate_entry(rnd: random.Random, kind: int, e: list, entries: list[list]) -> None:
+    """One mutation of the tensor entry ``e``: its dtype, shape, offsets, name or keys."""
+    if kind == 0:
+        e[1]["dtype"] = rnd.choice(_WEIRD + list(_SIZES))
+    elif kind == 1:
+        e[1]["shape"] = rnd.choice(_SHAPES)
+    elif kind == 2:
+        off = e[1].get("data_offsets")
+        b, en = off if isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off) else (0, 4)
+        e[1]["data_offsets"] = rnd.choice([[en, b], [-1, en], [b, en + rnd.randint(1, 64)], [b, 1 << 62], [b],
+                                           [b, en, 1], [str(b), en], [float(b), en], None, [b + 1, en + 1]])
+    elif kind == 3:
+        e[0] = rnd.choice(_NAMES)
+    elif kind == 4:
+        other = rnd.choice(entries)
+        e[0] = other[0]  # duplicate name
+    elif kind == 5:
+        e[1].pop(rnd.choice(["dtype", "shape", "data_offsets"]), None)
+    elif kind == 11:  # a scalar where a matrix belongs
+        e[1]["shape"] = []
+        e[1]["dtype"] = "F32"
+        b = _begin(e[1])
+        e[1]["data_offsets"] = [b, b + 4]
+    elif kind == 12:  # zero-size tensor with a consistent empty span
+        e[1]["shape"] = rnd.choice([[0, 8], [1 << 40, 0], [0], [0, 1 << 20], [(1 << 31) - 1, 0]])
+        b = _begin(e[1])
+        e[1]["data_offsets"] = [b, b]
+    elif kind == 14:
+        e[1]["extra"] = rnd.choice([1, "x", [1, 2], {"k": "v"}])
+    else:  # scale a shape, keep the offsets: a lying size
+        shape = e[1].get("shape")
+        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+            e[1]["shape"] = [d * rnd.choice([2, 3, 1000]) for d in shape]
+
+
+def _mutate_file(rnd: random.Random, kind: int, case: _Case) -> None:
+    """One mutation of the file around the entries: metadata, length prefix, data length or a header byte."""
+    if kind == 6:
+        depth = rnd.choice([50, 2000, 100_000])
+        case.meta = _Raw("[" * depth + "]" * depth)
+    elif kind == 7:
+        case.meta = rnd.choice([[], "x", 1, {"a": 1}, {"a": {"b": "c"}}, None])
+    elif kind == 8:
+        case.prefix_delta = rnd.choice([-9, -1, 1, 1000, 1 << 40, 1 << 63])
+    elif kind == 9:
+        case.data = case.data[: rnd.randrange(len(case.data) + 1)]
+    elif kind == 10:
+        case.data += bytes(rnd.randint(1, 64))
+    else:
+        case.raw_flip = True
+
+
+def _serialise(rnd: random.Random, case: _Case) -> bytes:
+    """The case's bytes: entries in random order, a flipped header byte and a wrong length prefix if asked."""
+    pairs = [("__metadata__", case.meta)] + [(n, v) for n, v in case.entries]
     rnd.shuffle(pairs)
     header = _encode(pairs)
-    if raw_flip and header:
+    if case.raw_flip and header:
         i = rnd.randrange(len(header))
         header = header[:i] + bytes([rnd.getrandbits(8)]) + header[i + 1:]
-    n = len(header) if prefix_delta is None else max(0, min(len(header) + prefix_delta, (1 << 64) - 1))
-    return struct.pack("<Q", n) + header + bytes(data)
+    n = len(header) if case.prefix_delta is None else max(0, min(len(header) + case.prefix_delta, (1 << 64) - 1))
+    return struct.pack("<Q", n) + header + bytes(case.data)
 
 
 def run_case(data: bytes, folder: Path) -> str:

@@ -38,7 +38,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -281,67 +281,90 @@ def _mean_change(a, b) -> tuple[float, float]:
     return num / den, step / den
 
 
+@dataclass
+class _FamilyDir:
+    """Where one family's models go under ``work`` and the truth about them; each model is built once (``.done``)."""
+
+    prefix: str
+    work: Path
+    truth: list[Derived] = field(default_factory=list)
+
+    def name(self, short: str) -> str:
+        return f"{self.prefix}-{short}" if short != "base" else self.prefix
+
+    def out(self, short: str) -> Path:
+        return self.work / self.name(short)
+
+    def done(self, short: str) -> bool:
+        return (self.out(short) / ".done").exists()
+
+    def mark(self, short: str, info: dict) -> None:
+        (self.out(short) / ".done").write_text(json.dumps(info))
+
+    def add(self, short: str, parent: str | None, relation: str, how: str) -> None:
+        self.truth.append(Derived(self.name(short), None if parent is None else self.name(parent), relation, how))
+
+
 def build_family(prefix: str, work: Path, load: Callable, train: Callable, paras: list[str], scale: float, log) -> list[Derived]:
     """Write every model of one family under ``work``; return the ground truth."""
-    import copy
-
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     base, tok = load()
     half = len(paras) // 2
-    A, B = paras[:half], paras[half:]
+    fam = _FamilyDir(prefix, work)
+    _build_conversions(fam, base, tok, paras[0])
+    _build_finetunes(fam, base, tok, train, paras[:half], paras[half:], scale, log)
+    _build_release_copies(fam, base)
+    return fam.truth
 
-    def steps(n: int) -> int:
-        return max(1, int(round(n * scale)))
 
-    truth: list[Derived] = []
-
-    def out(name: str) -> Path:
-        return work / f"{prefix}-{name}" if name != "base" else work / prefix
-
-    def done(name: str) -> bool:
-        return (out(name) / ".done").exists()
-
-    def mark(name: str, info: dict) -> None:
-        (out(name) / ".done").write_text(json.dumps(info))
-
-    def add(name: str, parent: str | None, relation: str, how: str) -> None:
-        truth.append(Derived(f"{prefix}-{name}" if name != "base" else prefix,
-                             None if parent is None else (f"{prefix}-{parent}" if parent != "base" else prefix),
-                             relation, how))
-
-    add("base", None, "root", "as shipped (fp32)")
-    if not done("base"):
-        _save(base, out("base"))
-        mark("base", {})
+def _build_conversions(fam: _FamilyDir, base, tok, text: str) -> None:
+    """The root as shipped and its pure conversions: casts, re-sharding, ``.bin`` and a permutation."""
+    fam.add("base", None, "root", "as shipped (fp32)")
+    if not fam.done("base"):
+        _save(base, fam.out("base"))
+        fam.mark("base", {})
     conversions = [
         ("bf16", "duplicate", "fp32 -> bf16 cast (round to nearest even)", dict(dtype="bfloat16")),
         ("sharded", "duplicate", "re-sharded: max_shard_size 20MB, fp32", dict(shard="20MB")),
         ("bin", "duplicate", "re-serialised as pytorch_model.bin", dict(fmt="bin")),
     ]
     for name, rel, how, kw in conversions:
-        add(name, "base", rel, how)
-        if not done(name):
-            _save(base, out(name), **kw)
-            mark(name, {})
-    add("permuted", "base", "duplicate", "MLP units and attention heads (KV groups) permuted; same function")
-    if not done("permuted"):
-        sd = permute_units(base, seed=7)
-        other = copy.deepcopy(base)
-        other.load_state_dict(sd)
-        ids = tok(paras[0], return_tensors="pt", truncation=True, max_length=32)
-        with torch.no_grad():
-            y0 = base(**ids)[0]
-            y1 = other(**ids)[0]
-        err = float((y0 - y1).abs().max())
-        if err > 1e-3 * float(y0.abs().max()):
-            raise SystemExit(f"{prefix}: the permuted copy changed the function (max error {err:.2e})")
-        _save(other, out("permuted"))
-        mark("permuted", {"max_output_error": err})
-        del other
+        fam.add(name, "base", rel, how)
+        if not fam.done(name):
+            _save(base, fam.out(name), **kw)
+            fam.mark(name, {})
+    fam.add("permuted", "base", "duplicate", "MLP units and attention heads (KV groups) permuted; same function")
+    if not fam.done("permuted"):
+        _build_permuted(fam, base, tok, text)
 
-    # Fine-tunes, each from a fresh copy of its parent.
+
+def _build_permuted(fam: _FamilyDir, base, tok, text: str) -> None:
+    """The permuted copy, refused unless it computes the same outputs on ``text`` (else it is no duplicate)."""
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(base)
+    other.load_state_dict(permute_units(base, seed=7))
+    ids = tok(text, return_tensors="pt", truncation=True, max_length=32)
+    with torch.no_grad():
+        y0 = base(**ids)[0]
+        y1 = other(**ids)[0]
+    err = float((y0 - y1).abs().max())
+    if err > 1e-3 * float(y0.abs().max()):
+        raise SystemExit(f"{fam.prefix}: the permuted copy changed the function (max error {err:.2e})")
+    _save(other, fam.out("permuted"))
+    fam.mark("permuted", {"max_output_error": err})
+
+
+def _build_finetunes(fam: _FamilyDir, base, tok, train: Callable, A: list[str], B: list[str], scale: float, log) -> None:
+    """The fine-tunes, each from a fresh copy of its parent as released (bf16 for a fine-tune)."""
+    import copy
+
+    import torch
+
     plans = [
         # name, parent, corpus, steps, lr, seed, save kwargs, how
         ("ft-tiny", "base", A, 1, 1e-5, 11, dict(dtype="bfloat16"), "{n} AdamW step, lr 1e-5, saved bf16"),
@@ -351,38 +374,41 @@ def build_family(prefix: str, work: Path, load: Callable, train: Callable, paras
         ("ft-a-ft", "ft-a", B, 8, 5e-5, 15, dict(dtype="bfloat16"), "{n} more steps, lr 5e-5, text half B, bf16"),
     ]
     for name, parent, text, n, lr, seed, kw, how in plans:
-        n = steps(n)
-        add(name, parent, "finetune", how.format(n=n))
-        if done(name):
+        n = max(1, int(round(n * scale)))
+        fam.add(name, parent, "finetune", how.format(n=n))
+        if fam.done(name):
             continue
-        # A child is trained from its parent as released (bf16 for a fine-tune).
-        src = base if parent == "base" else type(base).from_pretrained(out(parent), dtype=torch.float32)
+        src = base if parent == "base" else type(base).from_pretrained(fam.out(parent), dtype=torch.float32)
         model = copy.deepcopy(src).float()
         t0 = time.perf_counter()
         before, after = train(model, tok, text, steps=n, lr=lr, seed=seed)
         secs = time.perf_counter() - t0
         trained_change, step = _mean_change(src, model)
-        _save(model, out(name), **kw)
-        reloaded = type(base).from_pretrained(out(name), dtype=torch.float32)
+        _save(model, fam.out(name), **kw)
+        reloaded = type(base).from_pretrained(fam.out(name), dtype=torch.float32)
         stored_change, _ = _mean_change(src, reloaded)
         info = {"loss_before": before, "loss_after": after, "seconds": secs, "mean_change": trained_change,
                 "stored_change": stored_change, "parent_bf16_step": step}
-        mark(name, info)
-        log(f"{prefix}-{name}: {n} steps in {secs:.0f}s, held-out loss {before:.3f} -> {after:.3f}, "
+        fam.mark(name, info)
+        log(f"{fam.name(name)}: {n} steps in {secs:.0f}s, held-out loss {before:.3f} -> {after:.3f}, "
             f"mean change {trained_change:.2e} (stored {stored_change:.2e}) vs parent bf16 step {step:.2e}")
         del model, reloaded
-    add("ft-a-fp16", "ft-a", "duplicate", "bf16 -> fp16 cast of ft-a")
-    if not done("ft-a-fp16"):
-        m = type(base).from_pretrained(out("ft-a"), dtype=torch.bfloat16)
-        m.to(torch.float16).save_pretrained(out("ft-a-fp16"))
-        mark("ft-a-fp16", {})
-    add("ft-light-q8", "ft-light", "quantized", "Q8_0 (blocks of 32, absmax/127, fp16 scale) of ft-light, dequantized fp16")
-    if not done("ft-light-q8"):
-        # quantized from the release, as quantizers do
-        m = type(base).from_pretrained(out("ft-light"), dtype=torch.float32)
-        _save(m, out("ft-light-q8"), dtype="float16", state=q8_0(m))
-        mark("ft-light-q8", {})
-    return truth
+
+
+def _build_release_copies(fam: _FamilyDir, base) -> None:
+    """Copies of released fine-tunes: an fp16 cast and a Q8_0 quantization, made from the release as people do."""
+    import torch
+
+    fam.add("ft-a-fp16", "ft-a", "duplicate", "bf16 -> fp16 cast of ft-a")
+    if not fam.done("ft-a-fp16"):
+        m = type(base).from_pretrained(fam.out("ft-a"), dtype=torch.bfloat16)
+        m.to(torch.float16).save_pretrained(fam.out("ft-a-fp16"))
+        fam.mark("ft-a-fp16", {})
+    fam.add("ft-light-q8", "ft-light", "quantized", "Q8_0 (blocks of 32, absmax/127, fp16 scale) of ft-light, dequantized fp16")
+    if not fam.done("ft-light-q8"):
+        m = type(base).from_pretrained(fam.out("ft-light"), dtype=torch.float32)
+        _save(m, fam.out("ft-light-q8"), dtype="float16", state=q8_0(m))
+        fam.mark("ft-light-q8", {})
 
 
 # ---------------------------------------------------------------------------
@@ -445,8 +471,6 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every fine-tune's step count")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from ..registry import Registry
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -464,16 +488,7 @@ def main() -> None:
         truth += build_family("smollm2", work, lambda: load_smollm2(work / "_smollm2-dequantized"), train_causal,
                               paras, args.steps_scale, log)
     t_build = time.perf_counter() - t0
-    # 2 GiB of cached weights keeps the bench under ~4 GiB of memory.
-    with tempfile.TemporaryDirectory() as tmp, Registry(str(Path(tmp) / "real.db"), cache_bytes=2 << 30) as reg:
-        t0 = time.perf_counter()
-        for d in truth:
-            reg.index_one(str(work / d.name), name=d.name)
-        t_index = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report = reg.resolve()
-        t_resolve = time.perf_counter() - t0
-        edges = [e.to_dict() for e in reg.tree().edges]
+    edges, pairs_tested, t_index, t_resolve = _index_and_resolve(truth, work)
     rows, summary = score(truth, edges, work)
     trained = {}
     for d in truth:
@@ -488,7 +503,33 @@ def main() -> None:
     print(f"Command: python -m mothertree.bench.bench_real --families {args.families}"
           + (f" --steps-scale {args.steps_scale}" if args.steps_scale != 1.0 else ""))
     print(f"{len(truth)} models; build {t_build:.0f}s (cached models reused), index {t_index:.0f}s, "
-          f"resolve {t_resolve:.0f}s ({report.pairs_tested} pairs tested)")
+          f"resolve {t_resolve:.0f}s ({pairs_tested} pairs tested)")
+    _print_edges(rows, summary)
+    _print_direction_votes(rows, trained)
+
+
+def _index_and_resolve(truth: list[Derived], work: Path) -> tuple[list[dict], int, float, float]:
+    """Index every built model into a fresh registry and resolve it: ``(edges, pairs tested, index s, resolve s)``.
+
+    No timestamps and no declared bases go in, so the tree comes from the weights alone.
+    """
+    from ..registry import Registry
+
+    # 2 GiB of cached weights keeps the bench under ~4 GiB of memory.
+    with tempfile.TemporaryDirectory() as tmp, Registry(str(Path(tmp) / "real.db"), cache_bytes=2 << 30) as reg:
+        t0 = time.perf_counter()
+        for d in truth:
+            reg.index_one(str(work / d.name), name=d.name)
+        t_index = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = reg.resolve()
+        t_resolve = time.perf_counter() - t0
+        edges = [e.to_dict() for e in reg.tree().edges]
+    return edges, report.pairs_tested, t_index, t_resolve
+
+
+def _print_edges(rows: list[dict], summary: dict) -> None:
+    """The Markdown table of the true edges, what was found for each, and the accuracies."""
     print()
     print("| edge (truth) | how | found | relation | direction conf. | low conf. | conversion mismatch |")
     print("|---|---|---|---|---|---|---|")
@@ -502,6 +543,10 @@ def main() -> None:
           f"relation accuracy {summary['relation']:.3f} over {summary['true_edges']} true edges")
     for x in summary["extra"]:
         print(f"- extra edge {x}")
+
+
+def _print_direction_votes(rows: list[dict], trained: dict[str, dict]) -> None:
+    """The Markdown table of each direction vote on the fine-tune edges, then what each fine-tune's training did."""
     print()
     print("Direction votes on the fine-tune edges (parent -> child):")
     print()

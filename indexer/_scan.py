@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..progress import Progress, note_read
 from ..threads import wide
 from .readers import WeightSource, iter_tensors, open_source, read_header
-from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
+from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_architecture
 from .stats import tensor_digest, tensor_statistics
 
 if TYPE_CHECKING:
@@ -59,8 +59,8 @@ class ModelScan:
     """Everything learned about a model from one pass over its files."""
 
     source: WeightSource
-    family: str
-    architecture: str | None
+    architecture: str
+    model_class: str | None
     model_type: str | None
     num_blocks: int | None
     hidden_size: int | None
@@ -133,18 +133,18 @@ def scan_model(
     source = path if isinstance(path, WeightSource) else open_source(path)
     infos = read_header(source)
     config = source.config or {}
-    family = detect_family(config, infos)
+    architecture = detect_architecture(config, infos)
     warnings: list[str] = []
     label = label or Path(source.root).name
     records = _read_tensors(
-        source, infos, family, config, visit, judge, warnings,
+        source, infos, architecture, config, visit, judge, warnings,
         lambda done, total: note_read(progress, label, done, total),
     )
-    return _summarise(source, family, config, records, warnings)
+    return _summarise(source, architecture, config, records, warnings)
 
 
 def _read_tensors(
-    source: WeightSource, infos: dict[str, Any], family: str, config: dict[str, Any],
+    source: WeightSource, infos: dict[str, Any], architecture: str, config: dict[str, Any],
     visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str], read: Callable[[int, int], None],
 ) -> list[TensorRecord]:
     """One record per stored tensor (statistics and digest); each learned canonical part goes to ``visit``.
@@ -160,12 +160,12 @@ def _read_tensors(
     with ThreadPoolExecutor(1, thread_name_prefix="mothertree-digest") as hasher:
         for name, tensor in iter_tensors(source, infos):
             digest = hasher.submit(tensor_digest, tensor)
-            a = assign_role(name, family)
+            a = assign_role(name, architecture)
             info = infos[name]
             with wide(tensor.numel()):
                 stats = tensor_statistics(tensor)
-                parts = _visit_parts(name, tensor, a, info, family, config, visit, judge, warnings)
-                informative, why = _verdict(judge, parts, family, a.part, a.role)
+                parts = _visit_parts(name, tensor, a, info, architecture, config, visit, judge, warnings)
+                informative, why = _verdict(judge, parts, architecture, a.part, a.role)
             records.append(
                 TensorRecord(
                     name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest.result(),
@@ -179,14 +179,14 @@ def _read_tensors(
 
 
 def _visit_parts(
-    name: str, tensor: "torch.Tensor", a: Any, info: Any, family: str, config: dict[str, Any],
+    name: str, tensor: "torch.Tensor", a: Any, info: Any, architecture: str, config: dict[str, Any],
     visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str],
 ) -> dict[str, "torch.Tensor"]:
     """The tensor's learned canonical parts (to judge), each handed to ``visit`` on the way."""
     parts: dict[str, "torch.Tensor"] = {}
     if (visit is not None or judge is not None) and a.learned and a.role != "other":
         try:
-            parts = canonical_parts(a, tensor, family=family, config=config)
+            parts = canonical_parts(a, tensor, architecture=architecture, config=config)
         except (RuntimeError, ValueError, IndexError):
             # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
             warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
@@ -194,7 +194,7 @@ def _visit_parts(
         if visit is not None:
             for role, part in parts.items():
                 visit(role, a.block, a.part, part)
-    elif a.learned and family == "unknown" and tensor.ndim == 2:
+    elif a.learned and architecture == "unknown" and tensor.ndim == 2:
         parts = {"other": tensor}
         if visit is not None:
             visit("other", a.block, a.part, tensor)
@@ -202,7 +202,7 @@ def _visit_parts(
 
 
 def _summarise(
-    source: WeightSource, family: str, config: dict[str, Any], records: list[TensorRecord], warnings: list[str],
+    source: WeightSource, architecture: str, config: dict[str, Any], records: list[TensorRecord], warnings: list[str],
 ) -> ModelScan:
     """The model-level facts of a scan: digest, shape, dtype, declared bases, warnings."""
     model_hash = hashlib.sha256()
@@ -212,7 +212,7 @@ def _summarise(
     buffers = [r.name for r in records if r.part == "buffer"]
     if buffers:
         warnings.append(f"{len(buffers)} fixed buffer(s) not learned, excluded from evidence: {', '.join(buffers[:3])}")
-    if family == "unknown":
+    if architecture == "unknown":
         warnings.append(
             f"unknown architecture (model_type={config.get('model_type')!r}): "
             "tensors indexed with role 'other', 2-D tensors compared by shape"
@@ -229,14 +229,14 @@ def _summarise(
     hidden = _first(config, "hidden_size", "n_embd", "d_model") or (embed.shape[1] if embed else None)
     mlp_width = _first(config, "intermediate_size", "n_inner")
     if mlp_width is None and mlp is not None:
-        mlp_width = mlp.shape[1] if family == "gpt2" else mlp.shape[0]
+        mlp_width = mlp.shape[1] if architecture == "gpt2" else mlp.shape[0]
         if mlp.role == "mlp.gate_up":
             mlp_width //= 2
     archs = config.get("architectures")
     return ModelScan(
         source=source,
-        family=family,
-        architecture=archs[0] if isinstance(archs, list) and archs else None,
+        architecture=architecture,
+        model_class=archs[0] if isinstance(archs, list) and archs else None,
         model_type=config.get("model_type"),
         num_blocks=(max(blocks) + 1) if blocks else _first(config, "num_hidden_layers", "n_layer"),
         hidden_size=hidden,
@@ -254,7 +254,7 @@ def _summarise(
 
 
 def _verdict(
-    judge: Judge | None, parts: dict[str, "torch.Tensor"], family: str, part: str, stored_role: str,
+    judge: Judge | None, parts: dict[str, "torch.Tensor"], architecture: str, part: str, stored_role: str,
 ) -> tuple[bool | None, str | None]:
     """``(informative, reason)`` of one stored tensor: its identity matrices, judged (``None``: none to judge).
 
@@ -265,7 +265,7 @@ def _verdict(
     if judge is None or part != "weight":
         return None, None
     matrices = {role: t for role, t in parts.items()
-                if t.ndim == 2 and (role in IDENTITY_ROLES or (family == "unknown" and role == "other"))}
+                if t.ndim == 2 and (role in IDENTITY_ROLES or (architecture == "unknown" and role == "other"))}
     fused = set(matrices) != {stored_role}
     for role, t in matrices.items():
         why = judge(t)

@@ -16,13 +16,13 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..registry.errors import UnreadableWeightsError
-from .roles import assign_role, detect_family
+from .roles import assign_role, detect_architecture
 
 __all__ = [
     "ForwardModel", "load_forward_model", "find_mlp_modules", "seeded_inputs",
@@ -45,23 +45,23 @@ class ForwardModel:
         fused ``mlp.gate_up``, or ``mlp.in``/``mlp.out``).
     vocab_size : int
         Token ids accepted by the model: ``[0, vocab_size)``.
-    family : str
-        Role-table family (``"llama"``, ``"gpt2"``, ...).
+    architecture : str
+        Role-table architecture (``"llama"``, ``"gpt2"``, ...).
     """
 
     model: nn.Module
     mlp_modules: Mapping[int, Mapping[str, nn.Module]]
     vocab_size: int
-    family: str
+    architecture: str
 
 
-def find_mlp_modules(model: nn.Module, family: str) -> dict[int, dict[str, nn.Module]]:
+def find_mlp_modules(model: nn.Module, architecture: str) -> dict[int, dict[str, nn.Module]]:
     """Map each block to its MLP projection modules, via the canonical role of ``name + ".weight"``."""
     found: dict[int, dict[str, nn.Module]] = {}
     for name, module in model.named_modules():
         if not name:
             continue
-        role = assign_role(name + ".weight", family)
+        role = assign_role(name + ".weight", architecture)
         if role.role in _MLP_ROLES and role.block is not None and isinstance(getattr(module, "weight", None), torch.Tensor):
             found.setdefault(role.block, {})[role.role] = module
     return dict(sorted(found.items()))
@@ -75,7 +75,7 @@ def _no_forward_pass(folder: Path, problem: str, cause: Exception | None = None)
 
 
 def _model_class(folder: Path) -> tuple[Any, str, Any]:
-    """A model folder's transformers config, role-map family and auto class (causal LM, else base model)."""
+    """A model folder's transformers config, role-map architecture and auto class (causal LM, else base model)."""
     fail = partial(_no_forward_pass, folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -94,19 +94,19 @@ def _model_class(folder: Path) -> tuple[Any, str, Any]:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise fail(f"transformers does not know model_type {raw_config.get('model_type')!r}", e) from e
-    family = detect_family(raw_config, ())
-    if family == "unknown":
-        raise fail(f"the role map has no family for model_type {raw_config.get('model_type')!r}")
-    auto = AutoModelForCausalLM if family != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
+    architecture = detect_architecture(raw_config, ())
+    if architecture == "unknown":
+        raise fail(f"the role map has no architecture for model_type {raw_config.get('model_type')!r}")
+    auto = AutoModelForCausalLM if architecture != "bert" and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
         else AutoModel
-    return config, family, auto
+    return config, architecture, auto
 
 
 def load_forward_model(path: str | Path) -> ForwardModel:
     """Build the ``transformers`` model stored in the folder ``path``.
 
-    Decoder families load with ``AutoModelForCausalLM``; encoders (BERT
-    family) and anything without a causal-LM class with ``AutoModel``.
+    Decoders load with ``AutoModelForCausalLM``; encoders (the BERT
+    architecture) and anything without a causal-LM class with ``AutoModel``.
     Nothing is downloaded and no code from the folder is run.
 
     Raises
@@ -118,7 +118,7 @@ def load_forward_model(path: str | Path) -> ForwardModel:
     """
     folder = Path(path)
     fail = partial(_no_forward_pass, folder)
-    config, family, auto = _model_class(folder)
+    config, architecture, auto = _model_class(folder)
     try:
         model = auto.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False, weights_only=True, dtype=torch.float32
@@ -126,11 +126,19 @@ def load_forward_model(path: str | Path) -> ForwardModel:
     except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:  # ImportError: GPTQ/AWQ need optimum
         raise fail(f"the weights do not load ({type(e).__name__}: {e})", e) from e
     model.eval()
-    mlp_modules = find_mlp_modules(model, family)
-    if not mlp_modules:
-        raise fail(f"no MLP block found in the {family} model")
+    mlp_modules = _mlp_modules(model, architecture, fail)
     vocab_size = int(getattr(config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
-    return ForwardModel(model=model, mlp_modules=mlp_modules, vocab_size=vocab_size, family=family)
+    return ForwardModel(model=model, mlp_modules=mlp_modules, vocab_size=vocab_size, architecture=architecture)
+
+
+def _mlp_modules(
+    model: nn.Module, architecture: str, fail: Callable[..., Exception],
+) -> dict[int, dict[str, nn.Module]]:
+    """:func:`find_mlp_modules`, refused when empty: phi_MATCH has nothing to record without an MLP block."""
+    mlp_modules = find_mlp_modules(model, architecture)
+    if not mlp_modules:
+        raise fail(f"no MLP block found in the {architecture} model")
+    return mlp_modules
 
 
 def seeded_inputs(vocab_size: int, n_seq: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -204,7 +212,7 @@ class BlockRunner:
     model: nn.Module
     mlp_modules: Mapping[int, Mapping[str, nn.Module]]
     vocab_size: int
-    family: str
+    architecture: str
     seq_len_limit: int | None
     device: str
     _weights: Any  # StreamingWeightMap: raw tensors by stored name
@@ -299,6 +307,68 @@ def runner_device(want: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _skeleton(auto: Any, config: Any, device: str, fail: Callable[..., Exception]) -> nn.Module:
+    """The model built from its config with parameters on ``meta`` and buffers on ``device``, in eval mode.
+
+    Buffers are computed in ``__init__`` (rotary frequencies) and not stored,
+    so they are the only real memory until a block's hook loads its weights.
+    """
+    try:
+        with _parameters_on_meta():
+            model = auto.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise fail(f"transformers cannot build it ({type(e).__name__}: {e})", e) from e
+    model.eval()
+    for module in model.modules():
+        for bname, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[bname] = buf.to(device)
+    return model
+
+
+def _stored_names(model: nn.Module, stored: set[str]) -> dict[str, str]:
+    """Model parameter name -> stored tensor name, for the parameters the files hold.
+
+    A base model's names lack the head model's prefix, or vice versa, so each
+    parameter is looked up as is, without the prefix and with it.
+    """
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    names: dict[str, str] = {}
+    for pname, _ in model.named_parameters():
+        for cand in (pname, pname.removeprefix(prefix + "."), f"{prefix}.{pname}"):
+            if cand in stored:
+                names[pname] = cand
+                break
+    return names
+
+
+def _containers_and_leaves(
+    model: nn.Module, mlp_modules: Mapping[int, Mapping[str, nn.Module]],
+) -> tuple[dict[int, tuple[str, nn.Module]], tuple[tuple[str, nn.Module], ...]]:
+    """Each block's container module (loaded and freed as one), and the modules with parameters outside them.
+
+    A block's container is the module whose dotted name ends at the block
+    index; everything else that owns parameters directly (embeddings, norms)
+    is a leaf, loaded one module at a time.
+    """
+    containers: dict[int, tuple[str, nn.Module]] = {}
+    modules = dict(model.named_modules())
+    for block, roles in mlp_modules.items():
+        some = next(iter(roles.values()))
+        name = next(n for n, m in modules.items() if m is some)
+        parts = name.split(".")
+        cut = max(i for i, p in enumerate(parts) if p == str(block))
+        cname = ".".join(parts[: cut + 1])
+        containers[block] = (cname, modules[cname])
+    inside = tuple(c for c, _ in containers.values())
+    leaves = tuple(
+        (n, m) for n, m in modules.items()
+        if n and not any(n == c or n.startswith(c + ".") for c in inside)
+        and any(True for _ in m.parameters(recurse=False))
+    )
+    return containers, leaves
+
+
 def build_block_runner(path: str | Path, weights: Any = None, device: str | None = None) -> BlockRunner:
     """A :class:`BlockRunner` for the model folder ``path`` (no tensor bytes read yet).
 
@@ -316,46 +386,14 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
 
     folder = Path(path)
     fail = partial(_no_forward_pass, folder)
-    config, family, auto = _model_class(folder)
+    config, architecture, auto = _model_class(folder)
     weights = weights if weights is not None else StreamingWeightMap(folder)
-    try:
-        with _parameters_on_meta():
-            model = auto.from_config(config, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise fail(f"transformers cannot build it ({type(e).__name__}: {e})", e) from e
-    model.eval()
     dev = device or runner_device()
-    for module in model.modules():
-        for bname, buf in list(module._buffers.items()):
-            if buf is not None:
-                module._buffers[bname] = buf.to(dev)
-    # model parameter names -> stored names (a base model's names lack the head model's prefix, or vice versa)
-    stored = set(weights.stored_names())
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    names: dict[str, str] = {}
-    for pname, _ in model.named_parameters():
-        for cand in (pname, pname.removeprefix(prefix + "."), f"{prefix}.{pname}"):
-            if cand in stored:
-                names[pname] = cand
-                break
-    mlp_modules = find_mlp_modules(model, family)
-    if not mlp_modules:
-        raise fail(f"no MLP block found in the {family} model")
-    containers: dict[int, tuple[str, nn.Module]] = {}
-    modules = dict(model.named_modules())
-    for block, roles in mlp_modules.items():
-        some = next(iter(roles.values()))
-        name = next(n for n, m in modules.items() if m is some)
-        parts = name.split(".")
-        cut = max(i for i, p in enumerate(parts) if p == str(block))
-        cname = ".".join(parts[: cut + 1])
-        containers[block] = (cname, modules[cname])
+    model = _skeleton(auto, config, dev, fail)
+    names = _stored_names(model, set(weights.stored_names()))
+    mlp_modules = _mlp_modules(model, architecture, fail)
+    containers, leaves = _containers_and_leaves(model, mlp_modules)
     inside = tuple(c for c, _ in containers.values())
-    leaves = tuple(
-        (n, m) for n, m in modules.items()
-        if n and not any(n == c or n.startswith(c + ".") for c in inside)
-        and any(True for _ in m.parameters(recurse=False))
-    )
     missing = [p for p in names.keys() ^ {p for p, _ in model.named_parameters()}
                if any(p.startswith(c + ".") for c in inside)]
     if missing:
@@ -364,5 +402,5 @@ def build_block_runner(path: str | Path, weights: Any = None, device: str | None
     if vocab_size < 1:
         raise fail("config.json has no vocab_size")
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return BlockRunner(model, mlp_modules, vocab_size, family, max_pos if isinstance(max_pos, int) else None,
+    return BlockRunner(model, mlp_modules, vocab_size, architecture, max_pos if isinstance(max_pos, int) else None,
                        dev, weights, names, containers, leaves)

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from ..registry.errors import HubError, UnreadableWeightsError, UnsupportedFormatError
 from .readers import SAFETENSORS_DTYPES
-from .roles import FUSED_ROLES, IDENTITY_ROLES, assign_role, detect_family
+from .roles import FUSED_ROLES, IDENTITY_ROLES, assign_role, detect_architecture
 
 __all__ = [
     "METADATA_FILES",
@@ -267,8 +267,8 @@ def lite_tensor_names(
     """
     if blocks < 1:
         raise ValueError(f"blocks must be at least 1, got {blocks}")
-    family = detect_family(config, header)
-    assigned = {n: assign_role(n, family) for n in header}
+    architecture = detect_architecture(config, header)
+    assigned = {n: assign_role(n, architecture) for n in header}
     present = sorted({a.block for a in assigned.values() if a.block is not None})
     if len(present) <= blocks:
         keep = set(present)

@@ -29,14 +29,14 @@ __all__ = [
     "FUSED_ROLES",
     "RoleAssignment",
     "assign_role",
-    "detect_family",
+    "detect_architecture",
     "canonical_parts",
 ]
 
 # ROLES, IDENTITY_ROLES and FUSED_ROLES are spelled once, in mothertree.vocabulary.
 
-#: Families with a role table, keyed by the ``model_type`` values that use it.
-_FAMILY_OF_MODEL_TYPE = {
+#: Architectures with a role table, keyed by the ``model_type`` values that use it.
+_ARCHITECTURE_OF_MODEL_TYPE = {
     **{
         t: "llama"
         for t in (
@@ -57,11 +57,11 @@ _FAMILY_OF_MODEL_TYPE = {
 
 _B = r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\."
 
-# (pattern, role, family hint). The first match wins; ``part`` comes from the
+# (pattern, role, architecture hint). The first match wins; ``part`` comes from the
 # final ``.weight``/``.bias`` (or BERT's old ``gamma``/``beta``).
 _PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
-    (re.compile(p), role, fam)
-    for p, role, fam in (
+    (re.compile(p), role, arch)
+    for p, role, arch in (
         # --- GPT-2 (Conv1D, fused c_attn) ---
         (rf"{_B}attn\.c_attn$", "attn.qkv", "gpt2"),
         (rf"{_B}attn\.c_proj$", "attn.o", "gpt2"),
@@ -80,7 +80,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
         (r"(?:^|\.)embed_in$", "embed.tokens", "gpt_neox"),
         (r"(?:^|\.)final_layer_norm$", "norm.final", "gpt_neox"),
         (r"(?:^|\.)embed_out$", "head.lm", "gpt_neox"),
-        # --- BERT family ---
+        # --- BERT, RoBERTa, ELECTRA ---
         (rf"{_B}attention\.self\.query$", "attn.q", "bert"),
         (rf"{_B}attention\.self\.key$", "attn.k", "bert"),
         (rf"{_B}attention\.self\.value$", "attn.v", "bert"),
@@ -134,15 +134,15 @@ _GGUF_TOP_ROLES = {
 _GGUF_PLAIN_MLP = {"gpt2", "gpt_neox", "bert"}
 
 
-def _assign_gguf(stem: str, part: str, family: str) -> RoleAssignment | None:
+def _assign_gguf(stem: str, part: str, architecture: str) -> RoleAssignment | None:
     m = _GGUF_BLOCK.match(stem)
     if m:
         role = _GGUF_BLOCK_ROLES.get(m.group(2))
         if role is None:
             return RoleAssignment("other", int(m.group(1)), part)
-        if family in _GGUF_PLAIN_MLP and role in ("mlp.up", "mlp.down"):
+        if architecture in _GGUF_PLAIN_MLP and role in ("mlp.up", "mlp.down"):
             role = "mlp.in" if role == "mlp.up" else "mlp.out"
-        elif family == "phi3" and role == "mlp.up":
+        elif architecture == "phi3" and role == "mlp.up":
             role = "mlp.gate_up"
         return RoleAssignment(role, int(m.group(1)), part)
     role = _GGUF_TOP_ROLES.get(stem)
@@ -186,23 +186,23 @@ class RoleAssignment:
         return self.part != "buffer"
 
 
-def detect_family(config: Mapping[str, Any] | None, names: Iterable[str]) -> str:
-    """Return the role-table family of a model: from its config, else from its names.
+def detect_architecture(config: Mapping[str, Any] | None, names: Iterable[str]) -> str:
+    """Return the role-table architecture of a model: from its config, else from its names.
 
-    The config's ``model_type`` decides when it is known; otherwise the family
+    The config's ``model_type`` decides when it is known; otherwise the architecture
     hinted by most matching parameter names wins. ``"unknown"`` means no
     parameter matched any table: the model is still indexed, with role ``other``.
     """
     model_type = (config or {}).get("model_type")
-    if model_type in _FAMILY_OF_MODEL_TYPE:
-        return _FAMILY_OF_MODEL_TYPE[model_type]
+    if model_type in _ARCHITECTURE_OF_MODEL_TYPE:
+        return _ARCHITECTURE_OF_MODEL_TYPE[model_type]
     votes: dict[str, int] = {}
     for name in names:
         stem, _ = _split_part(name)
-        for pattern, _role, fam in _PATTERNS:
+        for pattern, _role, arch in _PATTERNS:
             if pattern.search(stem):
-                if fam:
-                    votes[fam] = votes.get(fam, 0) + 1
+                if arch:
+                    votes[arch] = votes.get(arch, 0) + 1
                 break
     if not votes:
         return "unknown"
@@ -219,7 +219,7 @@ def _split_part(name: str) -> tuple[str, str]:
     return name, "weight"
 
 
-def assign_role(name: str, family: str) -> RoleAssignment:
+def assign_role(name: str, architecture: str) -> RoleAssignment:
     """Map one stored parameter name to its :class:`RoleAssignment`.
 
     Examples
@@ -232,14 +232,14 @@ def assign_role(name: str, family: str) -> RoleAssignment:
     if _BUFFERS.search(name):
         return RoleAssignment("other", _block_of(name), "buffer")
     stem, part = _split_part(name)
-    gguf = _assign_gguf(stem, part, family)
+    gguf = _assign_gguf(stem, part, architecture)
     if gguf is not None:
         return gguf
-    for pattern, role, _fam in _PATTERNS:
+    for pattern, role, _arch in _PATTERNS:
         m = pattern.search(stem)
         if m:
             block = int(m.group(1)) if m.groups() else None
-            transposed = family == "gpt2" and part == "weight" and role in (
+            transposed = architecture == "gpt2" and part == "weight" and role in (
                 "attn.qkv", "attn.o", "mlp.in", "mlp.out"
             )
             return RoleAssignment(role, block, part, transposed)
@@ -255,7 +255,7 @@ def canonical_parts(
     assignment: RoleAssignment,
     tensor: "torch.Tensor",
     *,
-    family: str,
+    architecture: str,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, "torch.Tensor"]:
     """Turn one stored tensor into ``{role: tensor}`` in ``[out, in]`` layout.
@@ -272,7 +272,7 @@ def canonical_parts(
         return {"mlp.gate": gate, "mlp.up": up}
     cfg = config or {}
     n = t.shape[0]
-    if family == "gpt_neox":
+    if architecture == "gpt_neox":
         heads = int(cfg.get("num_attention_heads") or 1)
         rest = t.shape[1:]
         per_head = t.reshape(heads, 3, n // (3 * heads), *rest)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..threads import wide
 from .readers import WeightSource, open_source, read_header
-from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
+from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_architecture
 
 if TYPE_CHECKING:
     import torch
@@ -59,22 +59,22 @@ class StreamingWeightMap(Mapping):
 
         self.source = path if isinstance(path, WeightSource) else open_source(path)
         self._infos = read_header(self.source)
-        self.family = detect_family(self.source.config, self._infos)
+        self.architecture = detect_architecture(self.source.config, self._infos)
         # key -> (stored tensor name, canonical role inside it)
         self._where: dict[Key, tuple[str, str]] = {}
         self._shapes: dict[Key, tuple[int, ...]] = {}
         for name, info in self._infos.items():
-            a = assign_role(name, self.family)
+            a = assign_role(name, self.architecture)
             if not a.learned or a.part != "weight":
                 continue
-            if self.family == "unknown":
+            if self.architecture == "unknown":
                 if len(info.shape) == 2:
                     key = (f"other:{name}", a.block)
                     self._where[key] = (name, "")
                     self._shapes[key] = tuple(info.shape)
                 continue
             meta = torch.empty(info.shape, device="meta")
-            parts = canonical_parts(a, meta, family=self.family, config=self.source.config)
+            parts = canonical_parts(a, meta, architecture=self.architecture, config=self.source.config)
             for role, part in parts.items():
                 if role in IDENTITY_ROLES and part.ndim == 2:
                     self._where[(role, a.block)] = (name, role)
@@ -104,8 +104,8 @@ class StreamingWeightMap(Mapping):
         raw = self._raw(name)
         stored = raw
         if role:
-            a = assign_role(name, self.family)
-            stored = canonical_parts(a, raw, family=self.family, config=self.source.config)[role]
+            a = assign_role(name, self.architecture)
+            stored = canonical_parts(a, raw, architecture=self.architecture, config=self.source.config)[role]
         with wide(stored.numel()):
             out = stored.float().contiguous()
         if out.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .readers import WeightSource, iter_tensors, open_source, read_header
-from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_family
+from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_architecture
 
 if TYPE_CHECKING:
     import torch
@@ -25,17 +25,17 @@ def load_weight_map(
     """
     source = path if isinstance(path, WeightSource) else open_source(path)
     infos = read_header(source)
-    family = detect_family(source.config, infos)
+    architecture = detect_architecture(source.config, infos)
     out = {}
     for name, tensor in iter_tensors(source, infos):
-        a = assign_role(name, family)
+        a = assign_role(name, architecture)
         if not a.learned or a.part != "weight":
             continue
-        if family == "unknown":
+        if architecture == "unknown":
             if tensor.ndim == 2:
                 out[(f"other:{name}", a.block)] = tensor.float()
             continue
-        for role, part in canonical_parts(a, tensor, family=family, config=source.config).items():
+        for role, part in canonical_parts(a, tensor, architecture=architecture, config=source.config).items():
             if role in IDENTITY_ROLES and part.ndim == 2:
                 out[(role, a.block)] = part.float().contiguous()
     return out

@@ -133,11 +133,7 @@ def place_adapter(
         what the magnitude is compared with.
     """
     names = [n for n in update_shapes if not n.endswith(MAGNITUDE_SUFFIX)]
-    fitting = []
-    for cand, shapes in candidates.items():
-        m = match_names(names, list(shapes))
-        if len(m) == len(names) and all(tuple(shapes[m[n]]) == tuple(update_shapes[n]) for n in names):
-            fitting.append(cand)
+    fitting = _fitting(names, update_shapes, candidates)
     if not fitting:
         return AdapterPlacement(
             None, "none", 0.0, (), (),
@@ -146,36 +142,94 @@ def place_adapter(
     notes: list[str] = []
     distances: list[tuple[str, float]] = []
     if evidence and candidate_tensors:
-        for cand in fitting:
-            tensors = candidate_tensors.get(cand, {})
-            ds = []
-            for name, t in evidence.items():
-                if name.endswith(MAGNITUDE_SUFFIX):
-                    module_w = match_names([name.removesuffix(MAGNITUDE_SUFFIX) + ".weight"], list(tensors))
-                    w = tensors.get(next(iter(module_w.values()), ""), None)
-                    upd = (dora_updates or {}).get(name.removesuffix(MAGNITUDE_SUFFIX) + ".weight")
-                    if w is not None and upd is not None and tuple(upd.shape) == tuple(w.shape):
-                        w = w.float() + upd.float()
-                    norms = _row_norms(w, t.numel()) if w is not None else None
-                    if norms is not None:
-                        ds.append(_rel(t, norms))
-                else:
-                    key = match_names([name], list(tensors))
-                    w = tensors.get(next(iter(key.values()), ""), None)
-                    if w is not None and tuple(w.shape) == tuple(t.shape):
-                        ds.append(_rel(t, w))
-            distances.append((cand, sum(ds) / len(ds) if ds else float("nan")))
-        scored = sorted((d, c) for c, d in distances if not math.isnan(d))
-        if scored:
-            best_d, best = scored[0]
-            runner = scored[1][0] if len(scored) > 1 else float("inf")
-            if len(scored) == 1 or runner > _MARGIN * max(best_d, 1e-9):
-                notes.append(
-                    f"{best}: the adapter's copies of base tensors (modules_to_save / DoRA magnitudes) are "
-                    f"{best_d:.3g} from it" + (f", {runner:.3g} from the runner-up" if runner < float('inf') else "")
-                )
-                return AdapterPlacement(best, "weights", 0.95, tuple(fitting), tuple(distances), tuple(notes))
-            notes.append(f"the copied base tensors are as close to {scored[1][1]} ({runner:.3g}) as to {best} ({best_d:.3g})")
+        distances = [
+            (cand, _evidence_distance(evidence, candidate_tensors.get(cand, {}), dora_updates or {}))
+            for cand in fitting
+        ]
+        placed = _place_by_weights(fitting, distances, notes)
+        if placed is not None:
+            return placed
+    return _place_by_shapes(fitting, declared, distances, notes)
+
+
+def _fitting(
+    names: Sequence[str], update_shapes: Mapping[str, tuple[int, ...]],
+    candidates: Mapping[str, Mapping[str, tuple[int, ...]]],
+) -> list[str]:
+    """The candidates with every target name and shape of the adapter, in preference order.
+
+    An adapter cannot apply to a model it does not fit, so fit is the first
+    filter and the only one that needs no weights.
+    """
+    fitting = []
+    for cand, shapes in candidates.items():
+        m = match_names(names, list(shapes))
+        if len(m) == len(names) and all(tuple(shapes[m[n]]) == tuple(update_shapes[n]) for n in names):
+            fitting.append(cand)
+    return fitting
+
+
+def _evidence_distance(
+    evidence: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor],
+    dora_updates: Mapping[str, torch.Tensor],
+) -> float:
+    """Mean relative distance of the adapter's copies of base tensors from one candidate's (NaN: nothing to compare).
+
+    A ``modules_to_save`` weight is compared with the candidate's tensor; a DoRA
+    magnitude with the row norms of the candidate's module weight plus the
+    adapter's update, which is what DoRA's magnitude starts as.
+    """
+    ds = []
+    for name, t in evidence.items():
+        if name.endswith(MAGNITUDE_SUFFIX):
+            module = name.removesuffix(MAGNITUDE_SUFFIX) + ".weight"
+            module_w = match_names([module], list(tensors))
+            w = tensors.get(next(iter(module_w.values()), ""), None)
+            upd = dora_updates.get(module)
+            if w is not None and upd is not None and tuple(upd.shape) == tuple(w.shape):
+                w = w.float() + upd.float()
+            norms = _row_norms(w, t.numel()) if w is not None else None
+            if norms is not None:
+                ds.append(_rel(t, norms))
+        else:
+            key = match_names([name], list(tensors))
+            w = tensors.get(next(iter(key.values()), ""), None)
+            if w is not None and tuple(w.shape) == tuple(t.shape):
+                ds.append(_rel(t, w))
+    return sum(ds) / len(ds) if ds else float("nan")
+
+
+def _place_by_weights(
+    fitting: list[str], distances: list[tuple[str, float]], notes: list[str],
+) -> AdapterPlacement | None:
+    """The nearest candidate when its copied tensors set it clearly apart; else ``None`` and a note why not.
+
+    Weights are the strongest evidence, so they decide alone when the nearest
+    candidate beats the runner-up by :data:`_MARGIN`; a tie falls through to fit and declarations.
+    """
+    scored = sorted((d, c) for c, d in distances if not math.isnan(d))
+    if not scored:
+        return None
+    best_d, best = scored[0]
+    runner = scored[1][0] if len(scored) > 1 else float("inf")
+    if len(scored) == 1 or runner > _MARGIN * max(best_d, 1e-9):
+        notes.append(
+            f"{best}: the adapter's copies of base tensors (modules_to_save / DoRA magnitudes) are "
+            f"{best_d:.3g} from it" + (f", {runner:.3g} from the runner-up" if runner < float('inf') else "")
+        )
+        return AdapterPlacement(best, "weights", 0.95, tuple(fitting), tuple(distances), tuple(notes))
+    notes.append(f"the copied base tensors are as close to {scored[1][1]} ({runner:.3g}) as to {best} ({best_d:.3g})")
+    return None
+
+
+def _place_by_shapes(
+    fitting: list[str], declared: Sequence[str], distances: list[tuple[str, float]], notes: list[str],
+) -> AdapterPlacement:
+    """Without decisive weights: the only fit, else the one declared fit, else the first fit (undecided).
+
+    A LoRA update holds no copy of its base, so shapes and declarations are all
+    that is left; the confidence says which of them decided.
+    """
     if len(fitting) == 1:
         notes.append(f"{fitting[0]} is the only indexed model whose shapes fit")
         return AdapterPlacement(fitting[0], "only-fit", 0.8, tuple(fitting), tuple(distances), tuple(notes))

@@ -48,6 +48,7 @@ __all__ = [
     "cosine_similarity_matrix",
     "match_units",
     "sample_rows",
+    "sample_narrower",
     "spearman_identity_log10_p",
     "unit_matching_test",
     "aligned_cosine_test",
@@ -330,6 +331,22 @@ def sample_rows(h: int, max_units: int | None, rng: np.random.Generator) -> np.n
     return np.sort(rng.choice(h, size=max_units, replace=False))
 
 
+def sample_narrower(
+    h_a: int, h_b: int, max_units: int | None, rng: np.random.Generator, *, names: str = "a and b", unit: str = "rows",
+) -> tuple[bool, np.ndarray]:
+    """Whether ``b`` is the narrower side (``swapped``), and the sampled row indices of the narrower side.
+
+    A pruned model has fewer units than its parent, so the narrower side's
+    units are matched into the wider one's; fewer than 3 units cannot give a
+    Spearman p-value.
+    """
+    swapped = h_a > h_b
+    narrow = h_b if swapped else h_a
+    if narrow < 3:
+        raise ValueError(f"{names}: expected at least 3 {unit} each, got {h_a} and {h_b}")
+    return swapped, sample_rows(narrow, max_units, rng)
+
+
 def unit_matching_test(
     a: Any,
     b: Any,
@@ -385,11 +402,8 @@ def unit_matching_test(
     check_same_columns(a, b, ("a", "b"))
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
-    swapped = a.shape[0] > b.shape[0]
+    swapped, rows = sample_narrower(a.shape[0], b.shape[0], max_units, gen)
     rows_m, cols_m = (b, a) if swapped else (a, b)
-    if rows_m.shape[0] < 3:
-        raise ValueError(f"a and b: expected at least 3 rows each, got {a.shape[0]} and {b.shape[0]}")
-    rows = sample_rows(rows_m.shape[0], max_units, gen)
     sim = cosine_similarity_matrix(rows_m[torch.from_numpy(rows)], cols_m, absolute=absolute, center=center)
     return matching_result_from_similarities(sim, rows, swapped)
 

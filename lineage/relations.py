@@ -655,29 +655,17 @@ def classify_relation(
         return RelationEvidence("unknown", 0.0, None, None, None, False, False, None, None,
                                 degenerate + ("no informative tensor left: no relation can be typed",))
     notes: list[str] = list(degenerate)
-    nb_a, nb_b, wa, wb = _blocks(a), _blocks(b), _width(a), _width(b)
+    shape_a, shape_b = (_blocks(a), _width(a)), (_blocks(b), _width(b))
     a, b = typing_view(a, b)
     qa, qb = facts_a.quantized, facts_b.quantized
     dist = relative_distance(a, b)
     inv = invariant_distance(a, b)
-    if (nb_a, wa) != (nb_b, wb):
-        smaller = "a" if (nb_a, wa) < (nb_b, wb) else "b"
-        notes.append(f"blocks {nb_a} vs {nb_b}, MLP width {wa} vs {wb}")
-        return RelationEvidence("pruned", 0.95, smaller, _opt(dist), _opt(inv), qa, qb, None, None, tuple(notes))
-    if math.isnan(dist):
-        notes.append("no aligned tensors to compare")
-        return RelationEvidence("unknown", 0.5, None, None, _opt(inv), qa, qb, None, None, tuple(notes))
+    settled = _pruned_or_unaligned(shape_a, shape_b, dist, inv, qa, qb, notes)
+    if settled is not None:
+        return settled
     conv = conversion_check(a, b, permutations=not math.isnan(inv) and inv < _MAYBE_PERMUTED)
     if conv.is_conversion:
-        # A cast cannot be undone: the lower-precision side is the copy.
-        how = "identical" if conv.mode == "exact" else f"{conv.lower_side} is the other cast {conv.mode}"
-        notes.append(
-            f"{how}{' after undoing a permutation' if conv.permuted else ''}; "
-            f"{conv.mismatch_fraction:.2e} of {conv.elements:,} elements differ"
-        )
-        return RelationEvidence(
-            "duplicate", 0.99, conv.lower_side, dist, _opt(inv), qa, qb, 0.0, 0.0, tuple(notes), conv,
-        )
+        return _duplicate_evidence(conv, dist, inv, qa, qb, notes)
     if qa != qb:
         quantized = _quantized_evidence(a, b, qa, dtypes_a if qa else dtypes_b, dist, inv, conv)
         if isinstance(quantized, RelationEvidence):
@@ -686,6 +674,42 @@ def classify_relation(
             notes.append(quantized)
     notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
     return _dense_or_low_rank(a, b, qa, qb, dist, inv, conv, notes)
+
+
+def _pruned_or_unaligned(
+    shape_a: tuple[int, int], shape_b: tuple[int, int], dist: float, inv: float,
+    qa: bool, qb: bool, notes: list[str],
+) -> RelationEvidence | None:
+    """``pruned`` when the ``(blocks, MLP width)`` differ, ``unknown`` when no tensor aligns; else ``None``.
+
+    Structure is read from the full maps before any measurement, because a
+    different depth or width decides the relation whatever the values say.
+    """
+    if shape_a != shape_b:
+        smaller = "a" if shape_a < shape_b else "b"
+        notes.append(f"blocks {shape_a[0]} vs {shape_b[0]}, MLP width {shape_a[1]} vs {shape_b[1]}")
+        return RelationEvidence("pruned", 0.95, smaller, _opt(dist), _opt(inv), qa, qb, None, None, tuple(notes))
+    if math.isnan(dist):
+        notes.append("no aligned tensors to compare")
+        return RelationEvidence("unknown", 0.5, None, None, _opt(inv), qa, qb, None, None, tuple(notes))
+    return None
+
+
+def _duplicate_evidence(
+    conv: ConversionCheck, dist: float, inv: float, qa: bool, qb: bool, notes: list[str],
+) -> RelationEvidence:
+    """A ``duplicate`` verdict for a pair one cast (perhaps after a permutation) explains.
+
+    A cast cannot be undone: the lower-precision side is the copy.
+    """
+    how = "identical" if conv.mode == "exact" else f"{conv.lower_side} is the other cast {conv.mode}"
+    notes.append(
+        f"{how}{' after undoing a permutation' if conv.permuted else ''}; "
+        f"{conv.mismatch_fraction:.2e} of {conv.elements:,} elements differ"
+    )
+    return RelationEvidence(
+        "duplicate", 0.99, conv.lower_side, dist, _opt(inv), qa, qb, 0.0, 0.0, tuple(notes), conv,
+    )
 
 
 def _quantized_evidence(

@@ -32,7 +32,7 @@ import torch
 
 from ..serialize import Serializable
 from ._validation import check_choice, check_informative, check_matrix, check_optional_positive_int, check_rng, json_float
-from .matching import sample_rows, cosine_similarity_matrix, match_units, spearman_identity_log10_p
+from .matching import sample_narrower, cosine_similarity_matrix, match_units, spearman_identity_log10_p
 
 __all__ = [
     "BlockActivations",
@@ -127,6 +127,25 @@ def _check_activations(x: Any, name: str) -> BlockActivations:
     return x
 
 
+def _check_block_pair(x: BlockActivations, y: BlockActivations) -> tuple[BlockActivations, BlockActivations]:
+    """Both blocks checked: one kind, the same inputs, and no view whose activations are all tied.
+
+    Tied activations make any matching look like the identity, so they are
+    refused rather than tested.
+    """
+    x = _check_activations(x, "x")
+    y = _check_activations(y, "y")
+    if x.kind != y.kind:
+        raise ValueError(f"x and y: expected the same block kind, got {x.kind!r} and {y.kind!r}")
+    if x.n_inputs != y.n_inputs:
+        raise ValueError(
+            f"x and y: expected activations over the same inputs, got {x.n_inputs} and {y.n_inputs} columns"
+        )
+    for view, label in ((x.a, "x.a"), (x.b, "x.b"), (y.a, "y.a"), (y.b, "y.b")):
+        check_informative(view, label)
+    return x, y
+
+
 def match_consistency_test(
     x: BlockActivations, y: BlockActivations, *, max_units: int | None = None, rng: Any = None
 ) -> MatchConsistencyResult:
@@ -159,23 +178,12 @@ def match_consistency_test(
     >>> match_consistency_test(acts, child).p_value_log10 < -20
     True
     """
-    x = _check_activations(x, "x")
-    y = _check_activations(y, "y")
-    if x.kind != y.kind:
-        raise ValueError(f"x and y: expected the same block kind, got {x.kind!r} and {y.kind!r}")
-    if x.n_inputs != y.n_inputs:
-        raise ValueError(
-            f"x and y: expected activations over the same inputs, got {x.n_inputs} and {y.n_inputs} columns"
-        )
+    x, y = _check_block_pair(x, y)
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
-    for view, label in ((x.a, "x.a"), (x.b, "x.b"), (y.a, "y.a"), (y.b, "y.b")):
-        check_informative(view, label)  # tied activations make any matching look like the identity
-    swapped = x.n_units > y.n_units
+    swapped, sampled = sample_narrower(x.n_units, y.n_units, max_units, gen, names="x and y", unit="units")
     rows_m, cols_m = (y, x) if swapped else (x, y)
-    if rows_m.n_units < 3:
-        raise ValueError(f"x and y: expected at least 3 units each, got {x.n_units} and {y.n_units}")
-    rows = torch.from_numpy(sample_rows(rows_m.n_units, max_units, gen))
+    rows = torch.from_numpy(sampled)
     first = match_units(cosine_similarity_matrix(rows_m.a[rows], cols_m.a, absolute=True, center=True))
     second = match_units(cosine_similarity_matrix(rows_m.b[rows], cols_m.b, absolute=True, center=True))
     r, lp = spearman_identity_log10_p(first, second)

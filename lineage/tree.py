@@ -129,15 +129,39 @@ def recover_family(
             raise ValueError(f"pairs: expected pairs among nodes, got ({p.a!r}, {p.b!r})")
     merges = {c: tuple(ps) for c, ps in (merges or {}).items() if c in known}
     rank = {n: (representative or {}).get(n, i) for i, n in enumerate(nodes)}
-
     # 1. Collapse duplicate groups onto their representative.
+    rep_of, dup_edges = _collapse_duplicates(nodes, pairs, rank)
+    reps = [n for n in nodes if rep_of[n] == n]
+    # 2. Directed costs between representatives.
+    g, info = _cost_graph(reps, _group_pairs(pairs, rep_of), rep_of, merges, direction_weight)
+    # 3. Minimum spanning arborescence over everything but merge children.
+    merge_reps = {rep_of[c] for c in merges}
+    edges = _arborescence(g, info, reps, merge_reps)
+    if containment is not None:
+        edges = _check_chains(edges, g, info, containment, merge_reps)
+    # 4. A merge child gets all of its parents.
+    edges += _merge_edges(merges, rep_of, info)
+    # 5. A model may hang below a merge child.
+    edges = _hang_below_merges(edges, g, info, reps, merge_reps, containment)
+    children = {e.child for e in edges}
+    roots = [n for n in reps if n not in children]
+    return FamilyTree(tuple(nodes), tuple(edges + dup_edges), tuple(roots))
+
+
+def _collapse_duplicates(
+    nodes: list[Hashable], pairs: Sequence[PairEvidence], rank: Mapping[Hashable, int],
+) -> tuple[dict[Hashable, Hashable], list[TreeEdge]]:
+    """Each node's group representative, and the edges that hang the copies off it.
+
+    Three copies of one model must not form a chain, so a duplicate group is one
+    node of the tree. Strong direction evidence inside a group (a cast copy is the
+    child of the higher-precision original; timestamps) names the original; else the rank.
+    """
     dup = nx.Graph()
     dup.add_nodes_from(nodes)
     dup.add_edges_from((p.a, p.b) for p in pairs if p.relation == "duplicate")
     rep_of: dict[Hashable, Hashable] = {}
     dup_edges: list[TreeEdge] = []
-    # Strong direction evidence inside a group (a cast copy is the child of the
-    # higher-precision original; timestamps) names the original; else the rank.
     votes = {n: 0 for n in nodes}
     for p in pairs:
         if p.relation == "duplicate" and abs(p.parent_log_odds) >= _STRONG_LOG_ODDS:
@@ -149,17 +173,24 @@ def recover_family(
             if n != rep:
                 conf = _dup_confidence(pairs, rep, n)
                 dup_edges.append(TreeEdge(rep, n, "duplicate", conf))
-    reps = [n for n in nodes if rep_of[n] == n]
+    return rep_of, dup_edges
 
-    # 2. Directed costs between representatives. The distance is the least over
-    # the groups' members (a bf16 copy of a float32 original is nearer its bf16
-    # fine-tunes); the relation and direction come from the representatives' own
-    # pair when it was compared: a permuted copy of a model is typed against its
-    # relatives on misaligned weights (its quantized copy does not round onto it).
-    # Positive evidence of a quantization between two groups' members wins over a
-    # plain fine-tune from the representatives: misaligned weights cannot fake a
-    # grid, and the members of a group are exact conversions of each other (a
-    # GGUF file that declares its block grid and its dequantized re-export).
+
+def _group_pairs(
+    pairs: Sequence[PairEvidence], rep_of: Mapping[Hashable, Hashable],
+) -> dict[tuple[Hashable, Hashable], PairEvidence]:
+    """One piece of evidence per pair of duplicate groups.
+
+    The distance is the least over the groups' members (a bf16 copy of a float32
+    original is nearer its bf16 fine-tunes); the relation and direction come from
+    the representatives' own pair when it was compared: a permuted copy of a model
+    is typed against its relatives on misaligned weights (its quantized copy does
+    not round onto it). Positive evidence of a quantization between two groups'
+    members wins over a plain fine-tune from the representatives: misaligned
+    weights cannot fake a grid, and the members of a group are exact conversions
+    of each other (a GGUF file that declares its block grid and its dequantized
+    re-export).
+    """
     best: dict[tuple[Hashable, Hashable], PairEvidence] = {}
     own: dict[tuple[Hashable, Hashable], PairEvidence] = {}
     quantized: dict[tuple[Hashable, Hashable], PairEvidence] = {}
@@ -177,7 +208,18 @@ def recover_family(
     for k, p in own.items():
         if p.relation in ("finetune", "unknown") and k in quantized:
             own[k] = quantized[k]
-    best = {k: dataclasses.replace(own[k], distance=p.distance) if k in own else p for k, p in best.items()}
+    return {k: dataclasses.replace(own[k], distance=p.distance) if k in own else p for k, p in best.items()}
+
+
+def _cost_graph(
+    reps: list[Hashable], best: Mapping[tuple[Hashable, Hashable], PairEvidence],
+    rep_of: Mapping[Hashable, Hashable], merges: Mapping[Hashable, Sequence[Hashable]], direction_weight: float,
+) -> tuple[nx.DiGraph, dict[tuple[Hashable, Hashable], tuple[str, float]]]:
+    """The directed cost graph (distance plus direction penalty) and each edge's ``(relation, P(direction))``.
+
+    A merge child may only have its merge parents, and never parent them, so
+    those edges are left out here rather than pruned later.
+    """
     finite = [p.distance for p in best.values() if math.isfinite(p.distance)]
     scale = (sum(finite) / len(finite)) if finite else 1.0
     g = nx.DiGraph()
@@ -202,20 +244,24 @@ def recover_family(
             penalty = -math.log(max(prob, 1e-12))
             g.add_edge(parent, child, weight=d + direction_weight * scale * penalty)
             info[(parent, child)] = (p.relation, prob)
+    return g, info
 
-    # 3. Minimum spanning arborescence over everything but merge children. A
-    # merge of siblings sits close to their common parent (it is their
-    # centroid), so it must not compete to be that parent's parent.
-    merge_reps = {rep_of[c] for c in merges}
+
+def _arborescence(g: nx.DiGraph, info: Mapping, reps: list[Hashable], merge_reps: set[Hashable]) -> list[TreeEdge]:
+    """The minimum spanning arborescence of each component, merge children left out.
+
+    A merge of siblings sits close to their common parent (it is their
+    centroid), so it must not compete to be that parent's parent. Edges the
+    direction evidence all but rules out (a quantized or pruned model as the
+    parent of its full-precision source) are dropped, unless the family cannot
+    be spanned without them.
+    """
     base = g.subgraph([n for n in reps if n not in merge_reps])
     edges: list[TreeEdge] = []
     for comp in nx.weakly_connected_components(base):
         if len(comp) == 1:
             continue
         sub = base.subgraph(comp)
-        # Edges the direction evidence all but rules out (a quantized or pruned
-        # model as the parent of its full-precision source) are dropped, unless
-        # the family cannot be spanned without them.
         strict = sub.edge_subgraph(
             [(u, v) for u, v in sub.edges if info[(u, v)][1] >= STRICT_DIRECTION]
         ).copy()
@@ -232,18 +278,31 @@ def recover_family(
         for u, v in arb.edges():
             rel, prob = info[(u, v)]
             edges.append(TreeEdge(u, v, rel, prob))
-    if containment is not None:
-        edges = _check_chains(edges, g, info, containment, merge_reps)
+    return edges
 
-    # 4. A merge child gets all of its parents.
+
+def _merge_edges(
+    merges: Mapping[Hashable, Sequence[Hashable]], rep_of: Mapping[Hashable, Hashable], info: Mapping,
+) -> list[TreeEdge]:
+    """One edge from each parent a merge fit names to the merge child: a merge is a DAG node, not a tree node."""
+    edges: list[TreeEdge] = []
     for child, parents in merges.items():
         c = rep_of[child]
         for parent in dict.fromkeys(rep_of[p] for p in parents):
             if parent != c:
                 edges.append(TreeEdge(parent, c, "merge", info.get((parent, c), ("merge", 0.99))[1]))
+    return edges
 
-    # 5. A model may hang below a merge child (a fine-tune of a merge) when the
-    # merge is its cheapest parent and it is not an ancestor of that merge.
+
+def _hang_below_merges(
+    edges: list[TreeEdge], g: nx.DiGraph, info: Mapping, reps: list[Hashable], merge_reps: set[Hashable],
+    containment: Callable[[Hashable, Hashable, Hashable], float] | None,
+) -> list[TreeEdge]:
+    """Move a model below a merge child (a fine-tune of a merge) when the merge is its cheapest parent.
+
+    The arborescence left merge children out, so this is their only way to
+    become parents; a model never moves below a merge it is an ancestor of.
+    """
     dag = nx.DiGraph([(e.parent, e.child) for e in edges])
     dag.add_nodes_from(reps)
     incoming = {e.child: e for e in edges}
@@ -267,9 +326,7 @@ def recover_family(
             edges.append(new_edge)
             dag.add_edge(best, x)
             incoming[x] = new_edge
-    children = {e.child for e in edges}
-    roots = [n for n in reps if n not in children]
-    return FamilyTree(tuple(nodes), tuple(edges + dup_edges), tuple(roots))
+    return edges
 
 
 def _contains(containment, current: TreeEdge | None, c: Hashable, x: Hashable) -> bool:

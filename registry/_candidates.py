@@ -216,6 +216,53 @@ def layer_matches(query: Sequence[LayerFingerprint], other: Sequence[LayerFinger
     return tuple(sorted(best.values(), key=lambda m: (m.block is not None, m.block or 0, m.role)))
 
 
+def _pool(s: Session, store: VectorStore, query: ModelFingerprint, *, k: int, threshold: float) -> set[int]:
+    """The model ids the ANN indexes put near ``query``: by model vector, or by any layer above ``threshold``.
+
+    The model-vector search fetches more than ``k`` (the query itself and
+    ties take places), and a layer hit brings in a model that shares one
+    block with the query however far its model vector is.
+    """
+    pool: set[int] = set()
+    fetch = k + 1 + max(k, 10)
+    for kind, vec in query.model_vectors:
+        _, ids = store.search((kind, "model", int(vec.shape[0])), vec[None, :], fetch)
+        pool.update(_owners(s, ids.ravel()).values())
+    for kind in KINDS:
+        vecs = [layer.vector for layer in query.layers if layer.kind == kind and np.any(layer.vector)]
+        if not vecs:
+            continue
+        scores, ids = store.search((kind, "layer", DIM), np.stack(vecs), _LAYER_K)
+        hit = ids[scores >= threshold]
+        pool.update(_owners(s, hit.ravel()).values())
+    return pool
+
+
+def _scored(
+    s: Session, store: VectorStore, query: ModelFingerprint, pool: set[int],
+) -> list[tuple[float, int, dict[str, float], ModelFingerprint]]:
+    """``(score, model id, cosine per kind, fingerprint)`` of each pooled model, scored exactly from SQL rows.
+
+    The ANN search only proposes; the score is recomputed from the stored
+    vectors (SQL is the source of truth), the best over the kinds both sides have.
+    """
+    rows_by_model: dict[int, list[Fingerprint]] = {}
+    for row in store.vectors(s, pool):
+        rows_by_model.setdefault(row.model_id, []).append(row)
+    query_vectors = dict(query.model_vectors)
+    scored = []
+    for mid, rows in rows_by_model.items():
+        theirs = fingerprint_from_rows(rows)
+        per_kind = {
+            kind: _cos(qv, theirs.model_vector(kind))
+            for kind, qv in query_vectors.items()
+            if theirs.model_vector(kind) is not None
+        }
+        if per_kind:
+            scored.append((max(per_kind.values()), mid, per_kind, theirs))
+    return scored
+
+
 def find_candidates(
     s: Session,
     store: VectorStore,
@@ -244,36 +291,12 @@ def find_candidates(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     notices_before = len(store.notices)
-    pool: set[int] = set()
-    fetch = k + 1 + max(k, 10)
-    for kind, vec in query.model_vectors:
-        _, ids = store.search((kind, "model", int(vec.shape[0])), vec[None, :], fetch)
-        pool.update(_owners(s, ids.ravel()).values())
-    for kind in KINDS:
-        vecs = [layer.vector for layer in query.layers if layer.kind == kind and np.any(layer.vector)]
-        if not vecs:
-            continue
-        scores, ids = store.search((kind, "layer", DIM), np.stack(vecs), _LAYER_K)
-        hit = ids[scores >= threshold]
-        pool.update(_owners(s, hit.ravel()).values())
+    pool = _pool(s, store, query, k=k, threshold=threshold)
     pool.discard(exclude_model_id)
     if not pool:
         return CandidatesResult(name, (), threshold, stored, tuple(store.notices[notices_before:]))
     names = dict(s.execute(select(Model.id, Model.name).where(Model.id.in_(pool))).all())
-    rows_by_model: dict[int, list[Fingerprint]] = {}
-    for row in store.vectors(s, pool):
-        rows_by_model.setdefault(row.model_id, []).append(row)
-    query_vectors = dict(query.model_vectors)
-    scored = []
-    for mid, rows in rows_by_model.items():
-        theirs = fingerprint_from_rows(rows)
-        per_kind = {
-            kind: _cos(qv, theirs.model_vector(kind))
-            for kind, qv in query_vectors.items()
-            if theirs.model_vector(kind) is not None
-        }
-        if per_kind:
-            scored.append((max(per_kind.values()), mid, per_kind, theirs))
+    scored = _scored(s, store, query, pool)
     scored.sort(key=lambda t: (-t[0], names[t[1]]))
     candidates = tuple(
         Candidate(

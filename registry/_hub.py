@@ -203,12 +203,7 @@ def crawl_hub(
     HubError
         Under ``HF_HUB_OFFLINE``: a crawl needs the hub (use :func:`index_cache`).
     """
-    from ..indexer.hub import is_offline
-
-    if is_offline():
-        raise HubError("*", "crawl-hub needs the hub but HF_HUB_OFFLINE is set; use: mothertree index-cache")
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+    _check_crawl(limit)
     client = hub_client(client)
     query = {"author": author, "search": search, "filter": filter}
     key = _query_key(query)
@@ -216,26 +211,60 @@ def crawl_hub(
     since = as_utc(since)
     run = _Crawl(stop_at=since if since is not None else old_watermark)
     listed = run.listed(client.list_models(author=author, search=search, filter=filter, limit=limit))
-    if fan_out is None:
-        handled: Generator[tuple["HubListing", HubIndexResult], None, None] = (
-            (item, index_repo(reg, client, item.repo_id, None, listed_sha=item.sha, lite=lite, blocks=blocks,
-                              retry=retry, sleep=sleep))
-            for item in listed
-        )
-    else:
-        handled = fan_out(reg, client, listed, lite=lite, blocks=blocks, retry=retry)
+    handled = _handled(reg, client, listed, fan_out, lite=lite, blocks=blocks, retry=retry, sleep=sleep)
     try:
         run.take(handled, progress)
     except BaseException:
         handled.close()  # a fan-out cancels what it still runs
         _finish_cursor(reg, key, run.results, status="interrupted", watermark=None)
         raise
+    return _report(reg, key, query, run, since=since, old_watermark=old_watermark, limit=limit)
+
+
+def _check_crawl(limit: int | None) -> None:
+    """Refuse a crawl that cannot run before the cursor is touched: offline, or a limit below 1."""
+    from ..indexer.hub import is_offline
+
+    if is_offline():
+        raise HubError("*", "crawl-hub needs the hub but HF_HUB_OFFLINE is set; use: mothertree index-cache")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+
+
+def _report(
+    reg: "Registry", key: str, query: dict[str, Any], run: "_Crawl", *,
+    since: datetime | None, old_watermark: datetime | None, limit: int | None,
+) -> HubReport:
+    """Close the cursor after a crawl that ran to its end, and report it.
+
+    The listing was read completely unless ``limit`` cut it. Only a complete
+    read that started at or before the stored watermark may move it: one that
+    started later skipped the repos in between.
+    """
     complete = run.reached_stop or limit is None or len(run.results) < limit
     watermark = None
     if complete and (since is None or old_watermark is None or since <= old_watermark):
         watermark = run.watermark(old_watermark)
     final = _finish_cursor(reg, key, run.results, status="done" if complete else "partial", watermark=watermark)
     return HubReport(tuple(run.results), query=query, watermark=final, complete=complete)
+
+
+def _handled(
+    reg: "Registry", client: "HubClient", listed: Iterator["HubListing"], fan_out: RepoFanOut | None, *,
+    lite: bool, blocks: int, retry: RetryPolicy, sleep: Callable[[float], None],
+) -> Generator[tuple["HubListing", HubIndexResult], None, None]:
+    """Each listed repo with its result, as it finishes: here one after another, or from ``fan_out``.
+
+    Both are generators, so the caller can ``close()`` either to stop (and
+    cancel) what is still running when it is interrupted.
+    """
+    if fan_out is not None:
+        return fan_out(reg, client, listed, lite=lite, blocks=blocks, retry=retry)
+    return (
+        (item, index_repo(reg, client, item.repo_id, None, listed_sha=item.sha, lite=lite, blocks=blocks,
+                          retry=retry, sleep=sleep))
+        for item in listed
+    )
 
 
 @dataclass

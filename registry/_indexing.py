@@ -31,7 +31,7 @@ __all__ = ["ReadModel", "read_model", "write_model", "index_one", "index_many", 
 #: Scan fields copied as they are onto the ``models`` row.
 _MODEL_FIELDS = (
     "model_type", "num_blocks", "hidden_size", "mlp_width", "vocab_size", "num_parameters", "dtype",
-    "content_digest",
+    "content_digest", "architecture", "model_class",
 )
 #: Tensor record fields copied as they are onto each ``tensors`` row.
 _TENSOR_FIELDS = (
@@ -136,9 +136,6 @@ def _write_revision(s: Session, existing: Model | None, label: str, source, scan
     model.file_format = source.format + ("-sharded" if source.sharded else "")
     for f in _MODEL_FIELDS:
         setattr(model, f, getattr(scan, f))
-    # The indexer's role-map "family" is the architecture; the config's class is the model class.
-    model.architecture = scan.family
-    model.model_class = scan.architecture
     model.config = source.config
     model.declared_base_models = list(scan.declared_base_models) or None
     model.created_at = created_at or model.created_at

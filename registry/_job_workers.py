@@ -176,7 +176,6 @@ def work_ray(
     """
     import ray
 
-    from ._hub_repo import indexed_sha
     from ._ray import RayPairRunner
 
     task, client, slots = _ray_task(address, num_cpus)
@@ -189,14 +188,8 @@ def work_ray(
     started = 0
     try:
         while not stop.is_set():
-            while len(inflight) < slots and (max_jobs is None or started < max_jobs):
-                job = claim(reg, worker, lease_s=lease_s)
-                if job is None:
-                    break
-                done_sha = indexed_sha(reg, job.target) if job.kind == "hub" else None
-                target = {"kind": job.kind, "target": job.target, "revision": job.revision}
-                inflight[task.remote(target, client, done_sha)] = (job, _Lease(reg, job, lease_s))
-                started += 1
+            room = slots - len(inflight) if max_jobs is None else min(slots - len(inflight), max_jobs - started)
+            started += _start_tasks(reg, task, client, worker, inflight, lease_s=lease_s, room=room)
             if not inflight:
                 if idle_exit or (max_jobs is not None and started >= max_jobs):
                     break
@@ -208,6 +201,29 @@ def work_ray(
         for job, lease in inflight.values():  # interrupted: the leases lapse and the jobs are re-run
             lease.stop()
     return WorkReport(worker, tuple(done))
+
+
+def _start_tasks(
+    reg: "Registry", task: Any, client: dict[str, Any], worker: str, inflight: dict[Any, tuple[JobView, _Lease]],
+    *, lease_s: float, room: int,
+) -> int:
+    """Claim up to ``room`` jobs and start an indexing task for each (added to ``inflight``); how many started.
+
+    Each job's lease is renewed from the moment its task starts, so a driver
+    that dies lets the job be claimed again once the lease lapses.
+    """
+    from ._hub_repo import indexed_sha
+
+    started = 0
+    while started < room:
+        job = claim(reg, worker, lease_s=lease_s)
+        if job is None:
+            break
+        done_sha = indexed_sha(reg, job.target) if job.kind == "hub" else None
+        target = {"kind": job.kind, "target": job.target, "revision": job.revision}
+        inflight[task.remote(target, client, done_sha)] = (job, _Lease(reg, job, lease_s))
+        started += 1
+    return started
 
 
 def _ray_task(address: str | None, num_cpus: int | None) -> tuple[Any, dict[str, Any], int]:

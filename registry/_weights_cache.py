@@ -83,56 +83,68 @@ class WeightsCache:
             self._cache.move_to_end(key)
             return cached
         from ..indexer.streaming import StreamingWeightMap
-        from ._loading import (
-            LazyActivations, activation_cache_dir, check_block_budget, in_memory_limit, loaded_nbytes,
-        )
-        from .settings import max_memory
+        from ._loading import check_block_budget, in_memory_limit
 
         streamed = StreamingWeightMap(source)
         check_block_budget(streamed, f"'{source}'")
         weights = streamed.to_dict() if streamed.float32_bytes <= in_memory_limit() else streamed
         if weights is streamed:  # the tests check a dict themselves; a streamed map carries its verdicts
             streamed.degenerate = self._judged(streamed, digest)
-        acts, notes = None, ()
+        acts, notes = self._activations(source, streamed, digest) if activations else (None, ())
+        loaded = _Loaded(weights, acts, notes)
+        self._cache[key] = loaded
+        self._evict()
+        return loaded
+
+    def _activations(self, source: str, streamed: Any, digest: str | None) -> tuple[dict | None, tuple[str, ...]]:
+        """Lazy phi_MATCH activations of a model, or ``None`` and the note why only weights-only tests run.
+
+        Nothing runs here: the runner (and transformers) is built only when a
+        test needs a block that is not cached yet, and a model too large for a
+        forward pass or without a usable config is named in the notes instead.
+        """
+        from ._loading import LazyActivations, activation_cache_dir
+
         n_params = streamed.n_params
-        if activations and n_params > forward_max_params():
-            notes = (
+        if n_params > forward_max_params():
+            return None, (
                 f"weights-only tests: {n_params:,} identity parameters exceed MOTHERTREE_FORWARD_MAX_PARAMS "
                 f"({forward_max_params():,}), no forward pass",
             )
-        elif activations:
-            config = streamed.source.config or {}
-            vocab = config.get("vocab_size")
-            max_pos = config.get("max_position_embeddings") or config.get("n_positions")
-            if not config:
-                notes = ("weights-only tests: cannot build a forward pass: no config.json in the folder",)
-            elif streamed.family == "unknown" or not isinstance(vocab, int) or vocab < 1:
-                notes = (f"weights-only tests: cannot build a forward pass for model_type "
-                         f"{config.get('model_type')!r}",)
-            else:
-                from ..indexer.forward import build_block_runner, runner_device, seeded_inputs
-                from .settings import get as setting
+        config = streamed.source.config or {}
+        vocab = config.get("vocab_size")
+        max_pos = config.get("max_position_embeddings") or config.get("n_positions")
+        if not config:
+            return None, ("weights-only tests: cannot build a forward pass: no config.json in the folder",)
+        if streamed.architecture == "unknown" or not isinstance(vocab, int) or vocab < 1:
+            return None, (f"weights-only tests: cannot build a forward pass for model_type "
+                          f"{config.get('model_type')!r}",)
+        from ..indexer.forward import build_block_runner, runner_device, seeded_inputs
+        from .settings import get as setting
 
-                seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
-                ids = seeded_inputs(vocab, _N_SEQ, seq_len, seed=0)
-                cache_dir = activation_cache_dir(self._home, digest, vocab, _N_SEQ, seq_len) \
-                    if self._home is not None else None
-                device = runner_device(setting("MOTHERTREE_DEVICE") or "auto")
-                acts = {
-                    "vocab": vocab,
-                    "seq_len": seq_len,
-                    # the runner (and transformers) is built only when a test needs an uncached block
-                    "blocks": LazyActivations(lambda: build_block_runner(source, weights=streamed, device=device),
-                                              ids, cache_dir, blocks=streamed.blocks),
-                }
-        loaded = _Loaded(weights, acts, notes)
-        self._cache[key] = loaded
-        # Keep at most ``cache_bytes`` (and the memory budget) of weights and
-        # activations, and always the two models of the pair at hand.
+        seq_len = min(_SEQ_LEN, max_pos) if isinstance(max_pos, int) and max_pos > 0 else _SEQ_LEN
+        ids = seeded_inputs(vocab, _N_SEQ, seq_len, seed=0)
+        cache_dir = activation_cache_dir(self._home, digest, vocab, _N_SEQ, seq_len) \
+            if self._home is not None else None
+        device = runner_device(setting("MOTHERTREE_DEVICE") or "auto")
+        return {
+            "vocab": vocab,
+            "seq_len": seq_len,
+            "blocks": LazyActivations(lambda: build_block_runner(source, weights=streamed, device=device),
+                                      ids, cache_dir, blocks=streamed.blocks),
+        }, ()
+
+    def _evict(self) -> None:
+        """Drop least recently used models until at most ``cache_bytes`` (and half the memory budget) are held.
+
+        The two most recent models stay whatever their size: they are the pair at hand.
+        """
+        from ._loading import loaded_nbytes
+        from .settings import max_memory
+
         limit = min(self._cache_bytes, max_memory() // 2)
         while len(self._cache) > 2 and sum(loaded_nbytes(x.weights, x.activations) for x in self._cache.values()) > limit:
             self._cache.popitem(last=False)
-        return loaded
 
     def _judged(self, streamed: Any, digest: str | None) -> dict:
         """Each degenerate key of a streamed model, with why: from the index, else judged now.

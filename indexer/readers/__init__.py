@@ -202,52 +202,47 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
-    if p.is_file() and p.suffix == ".gguf":
-        return _gguf_source(p, p)
-    if p.is_file() and p.suffix == ".onnx":
-        return WeightSource(str(p), "onnx", (str(p),), False, _read_config(p.parent))
-    if p.is_file() and p.name in _peft.ADAPTER_FILES and (p.parent / _peft.ADAPTER_CONFIG).is_file():
-        p = p.parent
     if p.is_file():
-        fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
-        if fmt is None:
-            raise UnsupportedFormatError(p, "not a weight file (expected .safetensors, .bin, .gguf or .onnx)")
-        return WeightSource(str(p), fmt, (str(p),), False, _read_config(p.parent))
+        source = _file_source(p)
+        if source is not None:
+            return source
+        p = p.parent  # a PEFT adapter's weight file stands for its folder
     if p.name.startswith("models--") and (p / "snapshots").is_dir():
         p = _resolve_cache_repo(p)
+    return _folder_source(p)
+
+
+def _file_source(p: Path) -> WeightSource | None:
+    """The source of a single weight file; ``None`` for a PEFT adapter's file, which is read with its folder."""
+    if p.suffix == ".gguf":
+        return _gguf_source(p, p)
+    if p.suffix == ".onnx":
+        return WeightSource(str(p), "onnx", (str(p),), False, _read_config(p.parent))
+    if p.name in _peft.ADAPTER_FILES and (p.parent / _peft.ADAPTER_CONFIG).is_file():
+        return None
+    fmt = "safetensors" if p.suffix == ".safetensors" else "bin" if p.suffix in (".bin", ".pt", ".pth") else None
+    if fmt is None:
+        raise UnsupportedFormatError(p, "not a weight file (expected .safetensors, .bin, .gguf or .onnx)")
+    return WeightSource(str(p), fmt, (str(p),), False, _read_config(p.parent))
+
+
+def _folder_source(p: Path) -> WeightSource:
+    """The source of a model folder, trying the layouts from the most to the least explicit.
+
+    A shard index or a standard file name says what the model is; loose files
+    are a guess, so they come after, and a folder of several GGUF models is
+    refused here (:func:`model_paths` splits it first).
+    """
     config = _read_config(p)
-    # GPTQ/AWQ checkpoints are safetensors whose config declares the packing.
-    packed = "gptq" if _gptq.quantization_config(config) else None
-    for index, fmt in _INDEXES.items():
-        if (p / index).is_file():
-            contained_path(p, index, what="shard index")
-            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, _shards(p / index),
-                                True, config)
-    for single, fmt in _SINGLES.items():
-        if (p / single).is_file():
-            return WeightSource(str(p), packed if fmt == "safetensors" and packed else fmt, (str(contained_path(p, single, what="weight file")),),
-                                False, config)
-    if (p / _peft.ADAPTER_CONFIG).is_file():
-        # A PEFT adapter: indexed as a model of kind ``adapter`` (its effective update).
-        for f in _peft.ADAPTER_FILES:
-            if (p / f).is_file():
-                return WeightSource(str(p), "peft", (str(p / f),), False, _peft.read_adapter_config(p))
-        raise UnreadableWeightsError(
-            p / _peft.ADAPTER_CONFIG, f"adapter config without weights: expected {' or '.join(_peft.ADAPTER_FILES)}"
-        )
+    source = _snapshot_source(p, config) or _peft_source(p)
+    if source is not None:
+        return source
     loose = sorted(str(contained_path(p, f.name, what="weight file")) for f in p.glob("*.safetensors"))
     if loose:
-        return WeightSource(str(p), packed or "safetensors", tuple(loose), len(loose) > 1, config)
+        return WeightSource(str(p), _packed_format("safetensors", config), tuple(loose), len(loose) > 1, config)
     onnxs = sorted(p.glob("*.onnx"))
     if onnxs:
-        # optimum's decoder exports hold several graphs over the same weights: take the main one.
-        preferred = [p / n for n in ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx") if (p / n).is_file()]
-        main = preferred[0] if preferred else onnxs[0]
-        if len(onnxs) > 1 and not preferred:
-            raise UnsupportedFormatError(
-                p, f"holds {len(onnxs)} ONNX files and no model.onnx or decoder_model(_merged).onnx: pass one file"
-            )
-        return WeightSource(str(p), "onnx", (str(main),), False, config)
+        return _onnx_folder_source(p, onnxs, config)
     ggufs = _gguf_models(p)
     if len(ggufs) == 1:
         return _gguf_source(p, ggufs[0])
@@ -261,6 +256,51 @@ def open_source(path: str | os.PathLike) -> WeightSource:
         "no weights found (looked for model.safetensors, model.safetensors.index.json, "
         "pytorch_model.bin, pytorch_model.bin.index.json, *.safetensors, *.gguf, *.onnx, adapter_config.json)",
     )
+
+
+def _packed_format(fmt: str, config: dict[str, Any] | None) -> str:
+    """``gptq`` for safetensors whose config declares GPTQ/AWQ packing, else ``fmt``."""
+    return "gptq" if fmt == "safetensors" and _gptq.quantization_config(config) else fmt
+
+
+def _snapshot_source(p: Path, config: dict[str, Any] | None) -> WeightSource | None:
+    """A Hugging Face snapshot's weights: a shard index, else ``model.safetensors`` / ``pytorch_model.bin``."""
+    for index, fmt in _INDEXES.items():
+        if (p / index).is_file():
+            contained_path(p, index, what="shard index")
+            return WeightSource(str(p), _packed_format(fmt, config), _shards(p / index), True, config)
+    for single, fmt in _SINGLES.items():
+        if (p / single).is_file():
+            return WeightSource(str(p), _packed_format(fmt, config),
+                                (str(contained_path(p, single, what="weight file")),), False, config)
+    return None
+
+
+def _peft_source(p: Path) -> WeightSource | None:
+    """A PEFT adapter folder, indexed as a model of kind ``adapter`` (its effective update); else ``None``."""
+    if not (p / _peft.ADAPTER_CONFIG).is_file():
+        return None
+    for f in _peft.ADAPTER_FILES:
+        if (p / f).is_file():
+            return WeightSource(str(p), "peft", (str(p / f),), False, _peft.read_adapter_config(p))
+    raise UnreadableWeightsError(
+        p / _peft.ADAPTER_CONFIG, f"adapter config without weights: expected {' or '.join(_peft.ADAPTER_FILES)}"
+    )
+
+
+def _onnx_folder_source(p: Path, onnxs: list[Path], config: dict[str, Any] | None) -> WeightSource:
+    """The main graph of a folder of ONNX files.
+
+    optimum's decoder exports hold several graphs over the same weights: take
+    the main one, and refuse to guess among unnamed ones.
+    """
+    preferred = [p / n for n in ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx") if (p / n).is_file()]
+    main = preferred[0] if preferred else onnxs[0]
+    if len(onnxs) > 1 and not preferred:
+        raise UnsupportedFormatError(
+            p, f"holds {len(onnxs)} ONNX files and no model.onnx or decoder_model(_merged).onnx: pass one file"
+        )
+    return WeightSource(str(p), "onnx", (str(main),), False, config)
 
 
 def _module(fmt: str):

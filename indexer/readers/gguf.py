@@ -9,7 +9,7 @@ it was converted from:
   (``{arch}.block_count``, ``{arch}.attention.head_count``, ...);
 - the converter's storage transforms undone, so every tensor comes back in the
   source layout: llama.cpp permutes the rows of ``attn_q``/``attn_k`` of
-  rotary llama-family models (``LlamaModel.permute``: per head, rows
+  rotary models of the llama architecture (``LlamaModel.permute``: per head, rows
   ``[0, 2, 4, ..., 1, 3, 5, ...]`` interleaved), which :func:`unpermute_qk`
   reverses with ``head_count`` (queries) and ``head_count_kv`` (keys, so
   grouped-query attention is covered); GPT-NeoX's fused ``attn_qkv`` goes back
@@ -372,7 +372,7 @@ def iter_tensors(
 
 
 def _undo_converter(w, name, arch, heads, kv_heads, permuted, undo_permutation):
-    """Q/K rows un-permuted (llama family), GPT-NeoX qkv re-interleaved; other tensors unchanged."""
+    """Q/K rows un-permuted (llama architecture), GPT-NeoX qkv re-interleaved; other tensors unchanged."""
     if permuted and re.match(r"^blk\.\d+\.attn_q\.(?:weight|bias)$", name):
         return unpermute_qk(w, heads)
     if permuted and re.match(r"^blk\.\d+\.attn_k\.(?:weight|bias)$", name):

@@ -101,68 +101,101 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
                 raise UnreadableWeightsError(path, "__metadata__ is not a JSON object of strings")
             continue
-        if not name or len(name) > _MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise UnreadableWeightsError(
-                path, f"tensor name {_short(repr(name))} is empty, over {_MAX_NAME} characters "
-                "or holds control characters"
-            )
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise UnreadableWeightsError(path, "entry lacks dtype/shape/data_offsets", tensor=name)
-        dtype = entry["dtype"]
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            shown = dtype if isinstance(dtype, str) else f"{type(dtype).__name__} value"
-            raise UnreadableWeightsError(
-                path,
-                f"unknown dtype '{_short(shown)}' (known: {', '.join(SAFETENSORS_DTYPES)})",
-                tensor=name,
-            )
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
-            raise UnreadableWeightsError(
-                path, f"shape {_short(repr(shape))} is not a list of non-negative integers", tensor=name
-            )
-        if len(shape) > MAX_NDIM:
-            raise UnreadableWeightsError(
-                path, f"shape has {len(shape)} dimensions, more than the {MAX_NDIM} any weight has", tensor=name
-            )
-        if 0 in shape and max(shape) > MAX_EMPTY_DIM:
-            raise UnreadableWeightsError(
-                path,
-                f"empty tensor declares a dimension of {max(shape)} (over {MAX_EMPTY_DIM}): not a real shape",
-                tensor=name,
-            )
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise UnreadableWeightsError(
-                path, f"data_offsets {_short(repr(offsets))} is not a [begin, end] pair of integers", tensor=name
-            )
-        shape = tuple(shape)
-        begin, end = offsets
-        numel = 1
-        for d in shape:
-            numel *= d
-        expected = int(numel * SAFETENSORS_DTYPES[dtype][1])
-        if not 0 <= begin <= end or end - begin != expected:
-            raise UnreadableWeightsError(
-                path,
-                f"data_offsets [{begin}, {end}] hold {end - begin} bytes but shape "
-                f"{list(shape)} of {dtype} needs {expected}",
-                tensor=name,
-            )
-        if end > data_len:
-            raise UnreadableWeightsError(
-                path,
-                f"data_offsets end at byte {end} but the file holds only {data_len} data bytes: "
-                "the file is truncated",
-                tensor=name,
-            )
+        _check_name(path, name)
+        dtype, shape = _checked_dtype_and_shape(path, name, entry)
+        begin, end = _checked_offsets(path, name, entry["data_offsets"], dtype, shape, data_len)
         spans.append((begin, end, name))
         infos[name] = TensorInfo(name, dtype, shape, str(path), end - begin, offset=start + begin)
-    spans.sort()
+    _check_tiling(path, sorted(spans), data_len)
+    return infos
+
+
+def _check_name(path: Path, name: str) -> None:
+    """Refuse a tensor name that is empty, huge or holds control characters: it will be printed and stored."""
+    if not name or len(name) > _MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UnreadableWeightsError(
+            path, f"tensor name {_short(repr(name))} is empty, over {_MAX_NAME} characters "
+            "or holds control characters"
+        )
+
+
+def _checked_dtype_and_shape(path: Path, name: str, entry: object) -> tuple[str, tuple[int, ...]]:
+    """An entry's known dtype and plausible shape, before its offsets are trusted to size a read.
+
+    Dimensions are bounded (:data:`MAX_NDIM`, :data:`MAX_EMPTY_DIM`) because an
+    empty tensor occupies no bytes, so its offsets cannot bound its shape.
+    """
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise UnreadableWeightsError(path, "entry lacks dtype/shape/data_offsets", tensor=name)
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        shown = dtype if isinstance(dtype, str) else f"{type(dtype).__name__} value"
+        raise UnreadableWeightsError(
+            path,
+            f"unknown dtype '{_short(shown)}' (known: {', '.join(SAFETENSORS_DTYPES)})",
+            tensor=name,
+        )
+    shape = entry["shape"]
+    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+        raise UnreadableWeightsError(
+            path, f"shape {_short(repr(shape))} is not a list of non-negative integers", tensor=name
+        )
+    if len(shape) > MAX_NDIM:
+        raise UnreadableWeightsError(
+            path, f"shape has {len(shape)} dimensions, more than the {MAX_NDIM} any weight has", tensor=name
+        )
+    if 0 in shape and max(shape) > MAX_EMPTY_DIM:
+        raise UnreadableWeightsError(
+            path,
+            f"empty tensor declares a dimension of {max(shape)} (over {MAX_EMPTY_DIM}): not a real shape",
+            tensor=name,
+        )
+    return dtype, tuple(shape)
+
+
+def _checked_offsets(
+    path: Path, name: str, offsets: object, dtype: str, shape: tuple[int, ...], data_len: int,
+) -> tuple[int, int]:
+    """``(begin, end)`` of one tensor, checked to hold exactly its shape's bytes inside the data buffer.
+
+    Offsets that lie would make a later read run past the file or into the
+    next tensor, so they are held to the shape and dtype here.
+    """
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise UnreadableWeightsError(
+            path, f"data_offsets {_short(repr(offsets))} is not a [begin, end] pair of integers", tensor=name
+        )
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    expected = int(numel * SAFETENSORS_DTYPES[dtype][1])
+    if not 0 <= begin <= end or end - begin != expected:
+        raise UnreadableWeightsError(
+            path,
+            f"data_offsets [{begin}, {end}] hold {end - begin} bytes but shape "
+            f"{list(shape)} of {dtype} needs {expected}",
+            tensor=name,
+        )
+    if end > data_len:
+        raise UnreadableWeightsError(
+            path,
+            f"data_offsets end at byte {end} but the file holds only {data_len} data bytes: "
+            "the file is truncated",
+            tensor=name,
+        )
+    return begin, end
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """Refuse overlapping tensors, gaps and trailing bytes in the data buffer (``spans`` sorted by offset).
+
+    safetensors itself requires the tensors to tile the data buffer exactly:
+    a gap or trailing bytes mean the header does not describe the file.
+    """
     for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise UnreadableWeightsError(path, f"tensors '{n0}' and '{n1}' overlap in the data buffer")
-    # safetensors itself requires the tensors to tile the data buffer exactly:
-    # a gap or trailing bytes mean the header does not describe the file.
     pos = 0
     for begin, end, n in spans:
         if begin != pos:
@@ -176,7 +209,6 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             path, f"the tensors cover {pos} data bytes but the file holds {data_len}: "
             "the header does not describe the whole file"
         )
-    return infos
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -47,7 +47,7 @@ def test_f32_gguf_reads_back_exactly_and_config_is_recovered(zoo_llama, tmp_path
     assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"] is False
     assert _max_rel(load_weight_map(f), load_weight_map(src)) == 0.0
     scan = scan_model(f)
-    assert scan.family == "llama" and scan.num_blocks == hf["num_hidden_layers"]
+    assert scan.architecture == "llama" and scan.num_blocks == hf["num_hidden_layers"]
     assert scan.role_counts["attn.q"] == hf["num_hidden_layers"] and scan.dtype == "F32"
 
 
@@ -132,7 +132,7 @@ def test_gpt2_gguf_roles_and_weights(zoo_llama, tmp_path):
     src = zoo_llama / "gpt2-a"
     f = write_gguf(src, tmp_path / "gpt2.gguf")
     scan = scan_model(f)
-    assert scan.family == "gpt2"
+    assert scan.architecture == "gpt2"
     assert {"attn.qkv", "attn.o", "mlp.in", "mlp.out", "embed.tokens", "embed.positions"} <= set(scan.role_counts)
     assert _max_rel(load_weight_map(f), load_weight_map(src)) == 0.0
 
@@ -212,7 +212,7 @@ def test_real_llama_cpp_file_smollm2():
     assert w[("attn.q", 0)].shape == (576, 576) and w[("attn.k", 29)].shape == (192, 576)
     assert w[("embed.tokens", None)].shape == (49152, 576) and len(w) == 1 + 30 * 7
     scan = scan_model(source)
-    assert scan.dtype == "Q4_1" and scan.num_parameters == 134515008 and scan.family == "llama"
+    assert scan.dtype == "Q4_1" and scan.num_parameters == 134515008 and scan.architecture == "llama"
     # Un-permuted Q rows pair up as HF rotary halves: the per-head row norms of the
     # two halves of a head track each other only in the HF layout (RoPE pairs i, i+d/2).
     q = w[("attn.q", 0)].reshape(9, 64, 576)

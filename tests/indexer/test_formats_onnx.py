@@ -94,7 +94,7 @@ def test_float_export_with_external_data_reads_back_exactly(zoo, tmp_path):
     w, ref = load_weight_map(src), load_weight_map(zoo / "llama-a")
     assert set(w) == set(ref) and all(torch.equal(w[k], ref[k]) for k in ref)
     scan = scan_model(src)
-    assert scan.family == "llama" and scan.role_counts["attn.q"] == 4 and scan.role_counts["head.lm"] == 1
+    assert scan.architecture == "llama" and scan.role_counts["attn.q"] == 4 and scan.role_counts["head.lm"] == 1
 
 
 def test_renamed_initializers_without_node_names_are_role_other(zoo, tmp_path):

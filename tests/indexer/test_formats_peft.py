@@ -64,7 +64,7 @@ def test_effective_update_is_scaled_b_times_a(zoo, tmp_path):
     got = dict(iter_tensors(src))[name]
     assert torch.allclose(got, expected)
     scan = scan_model(src)
-    assert scan.family == "llama" and scan.role_counts == {"attn.q": 4, "attn.v": 4, "mlp.up": 4}
+    assert scan.architecture == "llama" and scan.role_counts == {"attn.q": 4, "attn.v": 4, "mlp.up": 4}
 
 
 def test_gpt2_fan_in_fan_out_update_in_conv1d_layout(zoo, tmp_path):

@@ -1,4 +1,4 @@
-"""The role map on real transformers models of every supported family."""
+"""The role map on real transformers models of every supported architecture."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 import transformers as tf
 
-from mothertree.indexer.roles import assign_role, canonical_parts, detect_family
+from mothertree.indexer.roles import assign_role, canonical_parts, detect_architecture
 
 H, I, L, HEADS, KV, V = 32, 48, 2, 4, 2, 64
 
-FAMILIES = {
+ARCHITECTURES = {
     "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(num_key_value_heads=KV), "llama"),
     "mistral": (tf.MistralConfig, tf.MistralForCausalLM, dict(num_key_value_heads=KV), "llama"),
     "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(num_key_value_heads=KV), "llama"),
@@ -22,32 +22,32 @@ FAMILIES = {
 
 
 def _decoder(name):
-    cfg_cls, model_cls, extra, fam = FAMILIES[name]
+    cfg_cls, model_cls, extra, arch = ARCHITECTURES[name]
     cfg = cfg_cls(
         hidden_size=H, intermediate_size=I, num_hidden_layers=L, num_attention_heads=HEADS,
         vocab_size=V, max_position_embeddings=32, **extra,
     )
-    return cfg, model_cls(cfg), fam
+    return cfg, model_cls(cfg), arch
 
 
-def _canonical(state, fam, cfg):
+def _canonical(state, arch, cfg):
     out = {}
     for name, t in state.items():
-        a = assign_role(name, fam)
+        a = assign_role(name, arch)
         if not a.learned or a.part != "weight":
             continue
-        for role, part in canonical_parts(a, t, family=fam, config=cfg).items():
+        for role, part in canonical_parts(a, t, architecture=arch, config=cfg).items():
             out[(role, a.block)] = part
     return out
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_glu_decoders(name):
-    cfg, model, fam = _decoder(name)
+    cfg, model, arch = _decoder(name)
     state = model.state_dict()
-    assert detect_family(cfg.to_dict(), state) == fam
-    assert detect_family(None, state) == fam  # names alone are enough
-    canon = _canonical(state, fam, cfg.to_dict())
+    assert detect_architecture(cfg.to_dict(), state) == arch
+    assert detect_architecture(None, state) == arch  # names alone are enough
+    canon = _canonical(state, arch, cfg.to_dict())
     hd = getattr(cfg, "head_dim", None) or H // HEADS
     for b in range(L):
         assert canon[("attn.q", b)].shape == (HEADS * hd, H)
@@ -58,15 +58,15 @@ def test_glu_decoders(name):
         assert canon[("mlp.up", b)].shape == (I, H)
         assert canon[("mlp.down", b)].shape == (H, I)
     assert canon[("embed.tokens", None)].shape == (V, H)
-    roles = Counter(assign_role(n, fam).role for n in state)
-    assert roles["other"] == 0, [n for n in state if assign_role(n, fam).role == "other"]
+    roles = Counter(assign_role(n, arch).role for n in state)
+    assert roles["other"] == 0, [n for n in state if assign_role(n, arch).role == "other"]
 
 
 def test_phi3_fused_split_matches_the_model():
-    cfg, model, fam = _decoder("phi3")
+    cfg, model, arch = _decoder("phi3")
     attn = model.model.layers[0].self_attn
     mlp = model.model.layers[0].mlp
-    canon = _canonical(model.state_dict(), fam, cfg.to_dict())
+    canon = _canonical(model.state_dict(), arch, cfg.to_dict())
     x = torch.randn(5, H)
     qkv = attn.qkv_proj(x)
     q_dim = HEADS * (H // HEADS)
@@ -80,9 +80,9 @@ def test_gpt2_conv1d_is_transposed_and_split():
     cfg = tf.GPT2Config(n_embd=H, n_layer=L, n_head=HEADS, vocab_size=V, n_positions=32)
     model = tf.GPT2LMHeadModel(cfg)
     state = model.state_dict()
-    fam = detect_family(cfg.to_dict(), state)
-    assert fam == "gpt2"
-    canon = _canonical(state, fam, cfg.to_dict())
+    arch = detect_architecture(cfg.to_dict(), state)
+    assert arch == "gpt2"
+    canon = _canonical(state, arch, cfg.to_dict())
     assert canon[("mlp.in", 0)].shape == (4 * H, H)
     assert canon[("mlp.out", 0)].shape == (H, 4 * H)
     x = torch.randn(3, H)
@@ -101,9 +101,9 @@ def test_gpt_neox_interleaved_qkv():
     )
     model = tf.GPTNeoXForCausalLM(cfg)
     state = model.state_dict()
-    fam = detect_family(cfg.to_dict(), state)
-    assert fam == "gpt_neox"
-    canon = _canonical(state, fam, cfg.to_dict())
+    arch = detect_architecture(cfg.to_dict(), state)
+    assert arch == "gpt_neox"
+    canon = _canonical(state, arch, cfg.to_dict())
     x = torch.randn(3, H)
     qkv = x @ state["gpt_neox.layers.0.attention.query_key_value.weight"].T
     per_head = qkv.view(3, HEADS, 3 * (H // HEADS))
@@ -118,13 +118,13 @@ def test_bert_roles():
         vocab_size=V, max_position_embeddings=32,
     )
     state = tf.BertForMaskedLM(cfg).state_dict()
-    fam = detect_family(cfg.to_dict(), state)
-    assert fam == "bert"
-    assert assign_role("bert.encoder.layer.1.output.dense.weight", fam).role == "mlp.out"
-    assert assign_role("bert.encoder.layer.1.attention.output.dense.weight", fam).role == "attn.o"
-    assert assign_role("bert.encoder.layer.1.intermediate.dense.weight", fam).role == "mlp.in"
-    assert assign_role("bert.encoder.layer.0.attention.output.LayerNorm.gamma", fam).part == "weight"
-    canon = _canonical(state, fam, cfg.to_dict())
+    arch = detect_architecture(cfg.to_dict(), state)
+    assert arch == "bert"
+    assert assign_role("bert.encoder.layer.1.output.dense.weight", arch).role == "mlp.out"
+    assert assign_role("bert.encoder.layer.1.attention.output.dense.weight", arch).role == "attn.o"
+    assert assign_role("bert.encoder.layer.1.intermediate.dense.weight", arch).role == "mlp.in"
+    assert assign_role("bert.encoder.layer.0.attention.output.LayerNorm.gamma", arch).part == "weight"
+    canon = _canonical(state, arch, cfg.to_dict())
     assert canon[("embed.token_type", None)].shape == (2, H)
     assert canon[("mlp.in", 1)].shape == (I, H)
 
@@ -134,4 +134,4 @@ def test_buffers_and_unknown_names():
     assert not assign_role("transformer.h.0.attn.masked_bias", "gpt2").learned
     a = assign_role("encoder.blocks.3.conv.weight", "unknown")
     assert (a.role, a.block) == ("other", 3)
-    assert detect_family({"model_type": "mystery"}, ["foo.weight", "bar.bias"]) == "unknown"
+    assert detect_architecture({"model_type": "mystery"}, ["foo.weight", "bar.bias"]) == "unknown"

@@ -194,9 +194,9 @@ def test_load_forward_model_from_a_saved_folder(tmp_path):
     tiny_gpt2(5).save_pretrained(tmp_path / "gpt2")
     llama = load_forward_model(tmp_path / "llama")
     gpt2 = load_forward_model(tmp_path / "gpt2")
-    assert (llama.family, llama.vocab_size, sorted(llama.mlp_modules[1])) == (
+    assert (llama.architecture, llama.vocab_size, sorted(llama.mlp_modules[1])) == (
         "llama", VOCAB, ["mlp.down", "mlp.gate", "mlp.up"])
-    assert (gpt2.family, sorted(gpt2.mlp_modules[0])) == ("gpt2", ["mlp.in", "mlp.out"])
+    assert (gpt2.architecture, sorted(gpt2.mlp_modules[0])) == ("gpt2", ["mlp.in", "mlp.out"])
     loaded = activations(llama.model, "llama")
     direct = activations(tiny_llama(5), "llama")
     torch.testing.assert_close(loaded[1].b, direct[1].b)
