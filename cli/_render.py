@@ -169,7 +169,7 @@ def number(x: object, digits: int = 4) -> str:
 def print_plan(c: Console, plan: dict[str, Any]) -> None:
     """A resolve plan (``ResolvePlan.to_dict()``), for humans."""
     kind = "full" if plan["full"] else "incremental"
-    c.print(f"Resolve plan ({kind}, k={plan['k']}, FDR alpha {plan['alpha']}): {len(plan['models'])} model(s) to resolve")
+    c.print(f"Resolve plan ({kind}, k={plan['k']}, Holm alpha {plan['alpha']}): {len(plan['models'])} model(s) to resolve")
     if plan["deletes"]:
         c.print("  forget first: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in plan["deletes"].items()))
     c.print(f"  {len(plan['pairs'])} pair(s) to test")

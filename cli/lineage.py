@@ -53,7 +53,7 @@ def resolve(
     ctx: typer.Context,
     full: Annotated[bool, typer.Option("--full", help="Forget every test and edge and re-solve everything.")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="Candidates tested per model.")] = 10,
-    alpha: Annotated[float, typer.Option(help="False discovery rate (Benjamini-Hochberg) over all tested pairs.")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="Family-wise error rate (Holm) over all tested pairs: the chance of any false dependency.")] = 0.01,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (pairs to test, families, deletions) and write nothing.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -73,7 +73,7 @@ def resolve(
         d = report.to_dict()
         st.emit(d, lambda c: c.print(
             f"resolved {d['models_resolved']} model(s): {d['pairs_tested']} pair(s) tested, "
-            f"{d['edges']} edge(s), {d['families']} famil(ies) (FDR alpha {alpha})"
+            f"{d['edges']} edge(s), {d['families']} famil(ies) (Holm alpha {alpha})"
         ))
 
 

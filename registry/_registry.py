@@ -222,7 +222,7 @@ class Registry(Connection):
         their retrieval candidates, and only the families they join are
         re-solved. ``full`` forgets every test and edge and starts over.
         False discoveries are controlled over *all* pairs the registry has
-        tested (Benjamini-Hochberg at ``alpha``).
+        tested (Holm at ``alpha``: the chance of any false dependency).
         """
         return self.plan_resolve(full=full, k=k, alpha=alpha, models=models, pair_runner=pair_runner).execute(progress)
 

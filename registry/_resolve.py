@@ -1,4 +1,4 @@
-"""Resolve as a plan, then its execution: test candidate pairs, control the FDR, re-solve families.
+"""Resolve as a plan, then its execution: test candidate pairs, control the family-wise error, re-solve families.
 
 :func:`plan_resolve` only reads: which models are resolved, which pairs are
 tested, which families may be re-solved and (for ``full``) what is deleted.
@@ -76,7 +76,7 @@ class ResolvePlan:
     adapters: tuple[str, ...] = ()
 
     def execute(self, progress: Progress | None = None) -> ResolveReport:
-        """Run the tests, control the false discovery rate and re-solve the families."""
+        """Run the tests, control the family-wise error rate and re-solve the families."""
         return self._execute(self, progress)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,14 +219,14 @@ def execute_resolve(
     conn: Connection, tester: PairTester, plan: ResolvePlan, progress: Progress | None,
     runner: PairRunner | None = None,
 ) -> ResolveReport:
-    """Apply ``plan``: forget (full), test, control the FDR, re-solve the touched families."""
+    """Apply ``plan``: forget (full), test, control the family-wise error, re-solve the touched families."""
     started = utc_now()
     _check_fresh(conn, plan)
     if plan.full:
         _forget_all(conn)
     info = _snapshot(conn)
     _run_tests(conn, tester, plan, info, progress, runner)
-    dep, families = _fdr_and_families(conn, plan)
+    dep, families = _dependent_and_families(conn, plan)
     warnings, failed, names = list(plan.warnings), set(), {m: i.name for m, i in info.items()}
     sources = {m: (i.source, i.digest) for m, i in info.items()}
     for comp, rows in families.items():
@@ -294,14 +294,23 @@ def _run_tests(
             s.add(PairTest(**row))
 
 
-def _fdr_and_families(conn: Connection, plan: ResolvePlan):
-    """Benjamini-Hochberg over every stored test; the families a planned model touches, with their tests."""
-    from ..lineage.multiple import benjamini_hochberg
+def _dependent_and_families(conn: Connection, plan: ResolvePlan):
+    """Holm over every stored test; the families a planned model touches, with their tests.
+
+    Family-wise, not false-discovery-rate, control: one false dependency
+    joins two unrelated families, and the tree solver then hangs one below
+    the other. Benjamini-Hochberg lets false dependencies grow with the true
+    ones (measured: 1 cross-family edge at p = 10^-2.65 in a registry of 100
+    models, 201 dependent pairs of 627); Holm keeps the chance of any at
+    ``alpha``. Derived pairs sit at log10 p of -100 to -10^6, far below
+    Holm's thresholds (``log10(alpha / m)``: -7 for 10^5 tests).
+    """
+    from ..lineage.multiple import holm
 
     with conn.session() as s:
         rows = list(s.scalars(select(PairTest)))
         if rows:
-            rejected, q = benjamini_hochberg([r.p_value_log10 for r in rows], alpha=plan.alpha)
+            rejected, q = holm([r.p_value_log10 for r in rows], alpha=plan.alpha)
             for r, rej, qv in zip(rows, rejected, q):
                 r.q_value_log10 = float(qv)
                 r.dependent = bool(rej) and r.method != "none"

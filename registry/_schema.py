@@ -132,8 +132,8 @@ class ModelRevision(Base):
 class PairTest(Base):
     """One independence test between two models (``a_id < b_id``), dependent or not.
 
-    Every tested pair is kept, not just the rejections: false-discovery control
-    (Benjamini-Hochberg) needs the whole set of p-values the registry computed.
+    Every tested pair is kept, not just the rejections: family-wise error control
+    (Holm) needs the whole set of p-values the registry computed.
     """
 
     __tablename__ = "pair_tests"
