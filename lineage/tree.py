@@ -16,9 +16,11 @@ closer to each other than to their parent. Given a ``containment`` function
 (:func:`~mothertree.lineage.relations.containment_ratio`), every fine-tune
 chain ``g -> x -> y`` the arborescence proposes is checked: in a real chain
 ``y`` carries all of ``x``'s change from ``g`` (ratio >= 1), a sibling only
-the common part (ratio < 1). Siblings are re-attached to ``g`` (an ancestor of
-``y`` under either explanation), and an edge whose ratio falls between the two
-(:data:`SIBLING_BELOW`, :data:`CHAIN_ABOVE`) is flagged ``low_confidence``.
+the common part (ratio < 1). Below :data:`SIBLING_BELOW` ``y`` is re-attached
+to ``g`` (an ancestor of ``y`` under either explanation); between
+:data:`SIBLING_BELOW` and :data:`CHAIN_ABOVE` the ratio cannot tell (a chain
+whose second fine-tune partly undid the first, or siblings with a large
+common drift) and the arborescence's edge stays, flagged ``low_confidence``.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ DIRECT_DISCOUNT = 0.1
 #: spanned without it (structure and timestamps reach it; kurtosis never does).
 STRICT_DIRECTION = 0.05
 #: Containment ratio below which ``y`` is ``x``'s sibling, not its child: a
-#: sibling holds only the common drift of the two changes (|s|^2 / (|s|^2 + |u|^2)),
-#: and fine-tunes of one parent measured 0.5-0.8 on the bench zoo.
-SIBLING_BELOW = 0.9
+#: sibling holds only the common drift of the two changes (|s|^2 / (|s|^2 + |u|^2)).
+#: Measured on the synthetic zoos (bench/RESULTS.md): siblings -0.01-0.79, except a
+#: LoRA beside a full fine-tune (0.89, 0.90); chains 0.90-1.39.
+SIBLING_BELOW = 0.8
 #: Containment ratio from which the chain ``g -> x -> y`` stands: a child carries
 #: all of its parent's change (ratio 1 plus the alignment of the next change,
 #: measured 1.0-1.3 on chains). Between the two bounds the edge is flagged.
@@ -360,18 +363,16 @@ def _check_chains(edges: list[TreeEdge], g: nx.DiGraph, info: Mapping, containme
         if not math.isfinite(k):
             continue
         can_move = g.has_edge(gp, y) and info[(gp, y)][1] >= STRICT_DIRECTION
-        if k >= CHAIN_ABOVE or not can_move:
+        if k >= SIBLING_BELOW or not can_move:
             low = k < CHAIN_ABOVE
-            note = f"containment {k:.3f} along {x}'s change from {gp}" + (
-                "; a sibling of it by this ratio, but its parent cannot be the child's" if low else ""
-            )
+            why = ("" if not low else "; a sibling of it by this ratio, but its parent cannot be the child's"
+                   if k < SIBLING_BELOW else f"; between {SIBLING_BELOW} and {CHAIN_ABOVE}: chain or sibling")
+            note = f"containment {k:.3f} along {x}'s change from {gp}{why}"
             incoming[y] = TreeEdge(x, y, up.relation, up.direction_confidence, low, k, up.notes + (note,))
             continue
         rel, prob = info[(gp, y)]
-        low = k >= SIBLING_BELOW
-        note = (f"containment {k:.3f} < {CHAIN_ABOVE} along {x}'s change from {gp}: "
-                f"{'probably ' if low else ''}a sibling of {x}, attached to their parent")
-        incoming[y] = TreeEdge(gp, y, rel, prob, low, k, (note,))
+        note = f"containment {k:.3f} < {SIBLING_BELOW} along {x}'s change from {gp}: a sibling of {x}, attached to their parent"
+        incoming[y] = TreeEdge(gp, y, rel, prob, False, k, (note,))
     return [incoming[e.child] for e in edges]
 
 
