@@ -339,11 +339,6 @@ def _unit_keys(weights: Mapping) -> dict[int, tuple[str, int]]:
     return dict(sorted(rows.items()))
 
 
-def _unit_rows(weights: Mapping[tuple[str, int | None], torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Each block's matrix whose rows are hidden units: ``mlp.up`` (GLU) else ``mlp.in``."""
-    return {b: weights[k] for b, k in _unit_keys(weights).items()}
-
-
 def _exact_obstacle(a: Mapping, b: Mapping) -> str | None:
     """Why the exact test cannot run on these two WeightMaps, or ``None`` when it can."""
     ua = {blk: _shape(a, k) for blk, k in _unit_keys(a).items()}
