@@ -25,13 +25,24 @@ Three methods, picked by :func:`independence_test`:
   permutations, residual rotations, sign flips and width changes; empirical null.
 - ``"permtest"``: PERMTEST for any statistic over random elements of the
   null's symmetry group; exact, floor ``1 / (T + 1)``.
+
+Sequential testing (``sequential=True``) reads blocks in order and looks at
+a cheap combined p-value (``look_units`` units per block and residual
+dimensions) after 1, 2, 4, 8, ... blocks (:func:`look_schedule`); it stops
+as soon as ``K * p < 10 ** stop_log10`` over the ``K`` pre-set looks
+(Bonferroni over the looks, the full test counted as one) and reports that
+``K * p``. When no look settles it the full test runs on every block and its
+p-value is reported unchanged: the result is valid up to an additive
+``10 ** stop_log10`` (see ``docs/streaming.md``). Models of different depths
+get one cheap look, at every block pair, then the full test;
+``blocks_read`` says how many blocks were read.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -328,11 +339,6 @@ def _unit_keys(weights: Mapping) -> dict[int, tuple[str, int]]:
     return dict(sorted(rows.items()))
 
 
-def _unit_rows(weights: Mapping[tuple[str, int | None], torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Each block's matrix whose rows are hidden units: ``mlp.up`` (GLU) else ``mlp.in``."""
-    return {b: weights[k] for b, k in _unit_keys(weights).items()}
-
-
 def _exact_obstacle(a: Mapping, b: Mapping) -> str | None:
     """Why the exact test cannot run on these two WeightMaps, or ``None`` when it can."""
     ua = {blk: _shape(a, k) for blk, k in _unit_keys(a).items()}
@@ -449,8 +455,7 @@ def exact_test(
     >>> exact_test(a, b).dependent
     True
     """
-    a = _as_weight_map(a, "a")
-    b = _as_weight_map(b, "b")
+    a, b = _as_weight_map(a, "a"), _as_weight_map(b, "b")
     alpha = check_alpha(alpha)
     (a, b), degenerate = drop_degenerate(a, b)
     if not a or not b:
@@ -461,50 +466,27 @@ def exact_test(
     obstacle = _exact_obstacle(a, b)
     if obstacle is not None:
         raise ValueError(f"a and b: expected models with a shared residual basis for the exact test, got {obstacle}")
-    ua, ub = _unit_keys(a), _unit_keys(b)
-    tests, notes = [], list(degenerate)
-    matching_lps, aligned_lps = [], []
-    residual = _residual_tests(a, b, max_units, max_features, gen)
-    if residual is not None:
-        m, al = residual
-        tests.append(_component("residual_matching", m.statistic, m.p_value_log10,
-                                "residual dimensions exchangeable (matching vs identity)"))
-        tests.append(_component("residual_aligned", al.z, al.p_value_log10,
-                                "residual dimensions exchangeable (aligned cosine, normal approximation)"))
-        matching_lps.append(m.p_value_log10)
-        aligned_lps.append(al.p_value_log10)
-    else:
+    return _exact_checked(a, b, alpha, max_units, max_features, gen, list(degenerate))
+
+
+def _exact_checked(a: Mapping, b: Mapping, alpha: float, max_units: int | None, max_features: int | None,
+                   gen: np.random.Generator, notes: list[str]) -> IndependenceResult:
+    """:func:`exact_test` on checked, informative models that share a residual basis.
+
+    The residual test draws from the generator before the blocks do: keep
+    that order, a seeded run's p-values depend on it. Only the components
+    built over the blocks enter the final Cauchy combination; the residual
+    test's own p-values are folded into them.
+    """
+    residual = _residual_components(a, b, max_units, max_features, gen)
+    if not residual:
         notes.append("no embedding or attention tensor shared: residual test skipped")
+    ua, ub = _unit_keys(a), _unit_keys(b)
     if list(ua) == list(ub):
-        blocks = [_phi_u_block(a[ua[i]], b[ub[i]], i, i, max_units, gen) for i in ua]
-        block_map = tuple((i, i) for i in ua)
-        matching_lps += [r.matching_p_value_log10 for r in blocks]
-        aligned_lps += [r.aligned_p_value_log10 for r in blocks if r.aligned_p_value_log10 is not None]
-        tests.append(_component("phi_u", float(np.mean([r.statistic for r in blocks])), fisher_combine(matching_lps),
-                                "hidden units of each block and residual dimensions exchangeable (Fisher)"))
-        if aligned_lps:
-            tests.append(_component("aligned", float(np.mean([r.aligned_z or 0.0 for r in blocks])),
-                                    fisher_combine(aligned_lps),
-                                    "rows exchangeable; aligned cosine per block and residual (Fisher)"))
-        combined = [t for t in tests if t.name in ("phi_u", "aligned")]
+        blocks, block_map, combined = _exact_same_depth(a, b, ua, ub, residual, max_units, gen)
     else:
-        grid = {}
-        for i in ua:
-            x = a[ua[i]]  # one block of a in memory, b's blocks read in turn
-            for j in ub:
-                grid[i, j] = _phi_u_block(x, b[ub[j]], i, j, max_units, gen)
-            del x
-        matrix, block_map = grid_block_map(grid, ua, ub)
-        blocks = [grid[pair] for pair in block_map]
-        tests.append(_component("phi_u", float(max(r.statistic for r in grid.values())),
-                                bonferroni_combine(matrix.ravel()),
-                                f"hidden units exchangeable; Bonferroni over {matrix.size} block pairs"))
-        combined = tests[-1:]
-        if residual is not None:
-            tests.append(_component("residual", tests[0].statistic, bonferroni_combine(matching_lps + aligned_lps),
-                                    "residual dimensions exchangeable (matching and aligned, Bonferroni)"))
-            combined.append(tests[-1])
-        notes.append(f"depths differ ({len(ua)} and {len(ub)} blocks): every block pair tested")
+        blocks, block_map, combined = _exact_all_pairs(a, b, ua, ub, residual, max_units, gen)
+        notes.append(_depths_note(len(ua), len(ub)))
     if len(combined) > 1:
         notes.append(f"p is the Cauchy combination of {', '.join(t.name for t in combined)}")
     lp = cauchy_combine([t.p_value_log10 for t in combined])
@@ -512,8 +494,83 @@ def exact_test(
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method="exact",
         dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=tuple(blocks),
-        block_map=block_map, tests=tuple(tests), notes=tuple(notes),
+        block_map=block_map, tests=tuple(residual + combined), notes=tuple(notes),
     )
+
+
+def _residual_components(a: Mapping, b: Mapping, max_units: int | None, max_features: int | None,
+                         gen: np.random.Generator) -> list[ComponentResult]:
+    """The residual test's matching and aligned components, in that order; none when no tensor qualifies.
+
+    They are listed among the result's ``tests``, and the block components
+    fold their p-values in (Fisher at equal depths, Bonferroni at different ones).
+    """
+    residual = _residual_tests(a, b, max_units, max_features, gen)
+    if residual is None:
+        return []
+    m, al = residual
+    return [
+        _component("residual_matching", m.statistic, m.p_value_log10,
+                   "residual dimensions exchangeable (matching vs identity)"),
+        _component("residual_aligned", al.z, al.p_value_log10,
+                   "residual dimensions exchangeable (aligned cosine, normal approximation)"),
+    ]
+
+
+def _exact_same_depth(a: Mapping, b: Mapping, ua: dict[int, tuple[str, int]], ub: dict[int, tuple[str, int]],
+                      residual: list[ComponentResult], max_units: int | None,
+                      gen: np.random.Generator) -> tuple[list[BlockResult], tuple, list[ComponentResult]]:
+    """Equal depths: block ``l`` against block ``l``, Fisher-combined with the residual test.
+
+    Given the residual permutation the block p-values are independent
+    uniforms and the residual statistic uses no MLP tensor, so Fisher's
+    combination is exact. Matching and aligned statistics read the same
+    matrices, so each is Fisher-combined on its own (``phi_u``,
+    ``aligned``) and the two are merged later by the Cauchy combination.
+    """
+    blocks = [_phi_u_block(a[ua[i]], b[ub[i]], i, i, max_units, gen) for i in ua]
+    matching_lps = [c.p_value_log10 for c in residual[:1]] + [r.matching_p_value_log10 for r in blocks]
+    aligned_lps = [c.p_value_log10 for c in residual[1:]]
+    aligned_lps += [r.aligned_p_value_log10 for r in blocks if r.aligned_p_value_log10 is not None]
+    combined = [_component("phi_u", float(np.mean([r.statistic for r in blocks])), fisher_combine(matching_lps),
+                           "hidden units of each block and residual dimensions exchangeable (Fisher)")]
+    if aligned_lps:
+        combined.append(_component("aligned", float(np.mean([r.aligned_z or 0.0 for r in blocks])),
+                                   fisher_combine(aligned_lps),
+                                   "rows exchangeable; aligned cosine per block and residual (Fisher)"))
+    return blocks, tuple((i, i) for i in ua), combined
+
+
+def _exact_all_pairs(a: Mapping, b: Mapping, ua: dict[int, tuple[str, int]], ub: dict[int, tuple[str, int]],
+                     residual: list[ComponentResult], max_units: int | None,
+                     gen: np.random.Generator) -> tuple[list[BlockResult], tuple, list[ComponentResult]]:
+    """Different depths: every block pair tested, Bonferroni over the pairs, the best monotone block map.
+
+    Which block of ``b`` corresponds to a block of ``a`` is unknown, so no
+    pairing can be fixed in advance; Bonferroni is valid whatever the
+    dependence between the pairs. The residual test stays a component of its
+    own (its matching and aligned p-values Bonferroni-combined). One block of
+    ``a`` is held in memory while ``b``'s blocks are read in turn.
+    """
+    grid = {}
+    for i in ua:
+        x = a[ua[i]]
+        for j in ub:
+            grid[i, j] = _phi_u_block(x, b[ub[j]], i, j, max_units, gen)
+        del x
+    matrix, block_map = grid_block_map(grid, ua, ub)
+    combined = [_component("phi_u", float(max(r.statistic for r in grid.values())), bonferroni_combine(matrix.ravel()),
+                           f"hidden units exchangeable; Bonferroni over {matrix.size} block pairs")]
+    if residual:
+        combined.append(_component("residual", residual[0].statistic,
+                                   bonferroni_combine([c.p_value_log10 for c in residual]),
+                                   "residual dimensions exchangeable (matching and aligned, Bonferroni)"))
+    return [grid[pair] for pair in block_map], block_map, combined
+
+
+def _depths_note(n_a: int, n_b: int) -> str:
+    """The note of a test that paired every block of one model with every block of the other."""
+    return f"depths differ ({n_a} and {n_b} blocks): every block pair tested"
 
 
 def _component(name: str, statistic: float, lp: float, null: str) -> ComponentResult:
@@ -553,45 +610,70 @@ def match_test(
     alpha = check_alpha(alpha)
     max_units = check_optional_positive_int(max_units, "max_units", minimum=3)
     gen = check_rng(rng)
-    for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
-        # a lazy mapping (activations computed or read block by block) is checked as it is read
-        if not isinstance(acts, Mapping) or not acts or (
-            isinstance(acts, dict) and not all(isinstance(v, BlockActivations) for v in acts.values())
-        ):
-            raise TypeError(f"{name}: expected a non-empty mapping block -> BlockActivations, got {type(acts).__name__}")
+    _check_activation_maps(activations_a, activations_b)
     (activations_a, activations_b), degenerate = drop_degenerate(
         activations_a, activations_b, names=("activations_a", "activations_b"))
     if not activations_a or not activations_b:
         return _no_evidence("match", alpha, degenerate)
     ba, bb = sorted(activations_a), sorted(activations_b)
-
-    def block(i: int, j: int) -> BlockResult:
-        x, y = activations_a[i], activations_b[j]
-        for name, v in (("activations_a", x), ("activations_b", y)):
-            if not isinstance(v, BlockActivations):
-                raise TypeError(f"{name}: expected a mapping block -> BlockActivations, got {type(v).__name__}")
-        r = match_consistency_test(x, y, max_units=max_units, rng=gen)
-        kept = None
-        if x.n_units != y.n_units:
-            kept = r.units_b if x.n_units < y.n_units else r.units_a
-        return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units,
-                           matching_p_value_log10=r.p_value_log10, kept_units=kept)
-
     notes = list(degenerate)
     if ba == bb:
-        blocks = [block(i, i) for i in ba]
+        blocks = [_phi_match_block(activations_a, activations_b, i, i, max_units, gen) for i in ba]
         block_map = tuple((i, i) for i in ba)
         components = [ComponentResult("phi_match", r.statistic, r.p_value, r.p_value_log10,
                                       f"block {r.block_a}: matchings of the two views unrelated") for r in blocks]
     else:
-        grid = {(i, j): block(i, j) for i in ba for j in bb}
-        matrix, block_map = grid_block_map(grid, ba, bb)
-        blocks = [grid[pair] for pair in block_map]
-        lp = bonferroni_combine(matrix.ravel())
-        components = [ComponentResult("phi_match", float(max(r.statistic for r in grid.values())), 10.0**lp, lp,
-                                      f"matchings unrelated; Bonferroni over {matrix.size} block pairs")]
-        notes.append(f"depths differ ({len(ba)} and {len(bb)} blocks): every block pair tested")
+        blocks, block_map, components = _match_all_pairs(activations_a, activations_b, ba, bb, max_units, gen)
+        notes.append(_depths_note(len(ba), len(bb)))
     return _result(components, "match", alpha, blocks=blocks, block_map=block_map, notes=notes)
+
+
+def _check_activation_maps(activations_a: Any, activations_b: Any) -> None:
+    """Raise unless both are non-empty mappings (of BlockActivations, when in memory).
+
+    A lazy mapping (activations computed or read block by block) is not read
+    here: each of its blocks is checked as it is read (:func:`_phi_match_block`).
+    """
+    for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
+        if not isinstance(acts, Mapping) or not acts or (
+            isinstance(acts, dict) and not all(isinstance(v, BlockActivations) for v in acts.values())
+        ):
+            raise TypeError(f"{name}: expected a non-empty mapping block -> BlockActivations, got {type(acts).__name__}")
+
+
+def _phi_match_block(activations_a: Mapping, activations_b: Mapping, i: int, j: int, max_units: int | None,
+                     gen: np.random.Generator) -> BlockResult:
+    """phi_MATCH on block ``i`` of a against block ``j`` of b, the blocks type-checked as they are read.
+
+    When widths differ, ``kept_units`` are the wider block's units that both
+    views agreed on.
+    """
+    x, y = activations_a[i], activations_b[j]
+    for name, v in (("activations_a", x), ("activations_b", y)):
+        if not isinstance(v, BlockActivations):
+            raise TypeError(f"{name}: expected a mapping block -> BlockActivations, got {type(v).__name__}")
+    r = match_consistency_test(x, y, max_units=max_units, rng=gen)
+    kept = None
+    if x.n_units != y.n_units:
+        kept = r.units_b if x.n_units < y.n_units else r.units_a
+    return BlockResult(i, j, "phi_match", r.statistic, r.p_value, r.p_value_log10, r.n_units,
+                       matching_p_value_log10=r.p_value_log10, kept_units=kept)
+
+
+def _match_all_pairs(activations_a: Mapping, activations_b: Mapping, ba: list[int], bb: list[int],
+                     max_units: int | None,
+                     gen: np.random.Generator) -> tuple[list[BlockResult], tuple, list[ComponentResult]]:
+    """Different depths: phi_MATCH on every block pair, Bonferroni over the pairs, the best monotone block map.
+
+    No pairing of blocks can be fixed in advance; Bonferroni is valid
+    whatever the dependence between the pairs.
+    """
+    grid = {(i, j): _phi_match_block(activations_a, activations_b, i, j, max_units, gen) for i in ba for j in bb}
+    matrix, block_map = grid_block_map(grid, ba, bb)
+    lp = bonferroni_combine(matrix.ravel())
+    components = [ComponentResult("phi_match", float(max(r.statistic for r in grid.values())), 10.0**lp, lp,
+                                  f"matchings unrelated; Bonferroni over {matrix.size} block pairs")]
+    return [grid[pair] for pair in block_map], block_map, components
 
 
 # ---------------------------------------------------------------- PERMTEST
@@ -790,26 +872,16 @@ def _shape_test(a: WeightMap, b: WeightMap, *, alpha: float, max_units: int | No
 
 
 def independence_test(
-    a: WeightMap,
-    b: WeightMap,
-    *,
-    method: str = "auto",
+    a: WeightMap, b: WeightMap, *, method: str = "auto",
     activations_a: Mapping[int, BlockActivations] | None = None,
     activations_b: Mapping[int, BlockActivations] | None = None,
-    alpha: float = 0.01,
-    max_units: int | None = None,
-    max_features: int | None = 4096,
-    n_permutations: int = 99,
-    statistic: Callable[[WeightMap, WeightMap], float] = aligned_weight_similarity,
-    rng: Any = None,
-    sequential: bool = False,
-    stop_log10: float = -12.0,
-    look_units: int = 256,
+    alpha: float = 0.01, max_units: int | None = None, max_features: int | None = 4096,
+    n_permutations: int = 99, statistic: Callable[[WeightMap, WeightMap], float] = aligned_weight_similarity,
+    rng: Any = None, sequential: bool = False, stop_log10: float = -12.0, look_units: int = 256,
 ) -> IndependenceResult:
     """Test whether two models' weights are independent; pick the method automatically.
 
     Null: the two models were trained from independent initializations.
-
     ``method="auto"`` runs the exact test when the residual bases align and
     phi_MATCH when activations are given. When both run, the reported
     p-value is their Cauchy combination (a permuted copy defeats the exact
@@ -825,32 +897,16 @@ def independence_test(
         Both or neither; over the same input tokens.
     alpha : float
         Level for ``dependent``.
-    max_units : int or None
-        Hidden units sampled per block (and residual dimensions), for speed.
-    max_features : int or None
-        Coordinates per tensor in the exact residual test.
-    n_permutations : int
-        PERMTEST's ``T``.
-    statistic : callable
-        PERMTEST's statistic (higher = more similar).
+    max_units, max_features : int or None
+        Hidden units sampled per block (and residual dimensions), for speed;
+        coordinates per tensor in the exact residual test.
+    n_permutations, statistic : int, callable
+        PERMTEST's ``T`` and statistic (higher = more similar).
     rng : None, int or numpy.random.Generator
-    sequential : bool
-        Read blocks in order and look at a cheap combined p-value after 1, 2,
-        4, 8, ... blocks (``look_units`` units per block); stop as soon as
-        ``K * p < 10 ** stop_log10`` over the ``K`` pre-set looks (Bonferroni
-        over the looks) and report that ``K * p``. When no look settles it the
-        full test runs on every block and its p-value is reported unchanged:
-        the result is valid up to an additive ``10 ** stop_log10`` (see
-        ``docs/streaming.md``). Equal depths only; ``blocks_read`` says how
-        many blocks were read.
-    stop_log10 : float
-        The early-stopping threshold on the corrected ``log10 p`` (< 0).
-    look_units : int
-        Units per block (and residual dimensions) matched at the looks.
-
-    Returns
-    -------
-    IndependenceResult
+    sequential, stop_log10, look_units : bool, float < 0, int
+        Sequential testing (module docstring): stop once a look's corrected
+        ``log10 p`` is below ``stop_log10``; units per block (and residual
+        dimensions) matched at the looks.
 
     Examples
     --------
@@ -863,68 +919,125 @@ def independence_test(
     """
     check_choice(method, "method", METHODS)
     alpha = check_alpha(alpha)
-    a = _as_weight_map(a, "a")
-    b = _as_weight_map(b, "b")
+    a, b = _as_weight_map(a, "a"), _as_weight_map(b, "b")
     if (activations_a is None) != (activations_b is None):
         raise ValueError("activations_a and activations_b: expected both or neither, got only one")
+    options = _Options(method, alpha, max_units, max_features, n_permutations, statistic, rng, sequential,
+                       stop_log10, look_units)
+    return _informative_test(a, b, activations_a, activations_b, options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """:func:`independence_test`'s options, carried whole through its steps and into its retry."""
+
+    method: str
+    alpha: float
+    max_units: int | None
+    max_features: int | None
+    n_permutations: int
+    statistic: Callable[[WeightMap, WeightMap], float]
+    rng: Any
+    sequential: bool
+    stop_log10: float
+    look_units: int
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as :func:`independence_test`'s keyword arguments (the values themselves, not copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _informative_test(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None,
+                      options: _Options) -> IndependenceResult:
+    """Drop degenerate tensors and activations, then test what is left, saying what was dropped.
+
+    A degenerate tensor (see ``_validation.degenerate_reason``) matches
+    anything and is evidence of nothing; activations that lose every block
+    leave a weights-only test. After a drop the whole test is re-entered on
+    what is left, so the remaining maps are checked as a caller's would be.
+    """
     (a, b), degenerate = drop_degenerate(a, b)
-    if activations_a is not None and activations_b is not None:
-        (activations_a, activations_b), dropped = drop_degenerate(
-            activations_a, activations_b, names=("activations_a", "activations_b"))
+    if acts_a is not None and acts_b is not None:
+        (acts_a, acts_b), dropped = drop_degenerate(acts_a, acts_b, names=("activations_a", "activations_b"))
         degenerate += dropped
-        if not activations_a or not activations_b:
-            activations_a = activations_b = None
-    if degenerate:
-        if not a or not b:
-            return _no_evidence(method, alpha, degenerate)
-        return _with_notes(independence_test(
-            a, b, method=method, activations_a=activations_a, activations_b=activations_b, alpha=alpha,
-            max_units=max_units, max_features=max_features, n_permutations=n_permutations,
-            statistic=statistic, rng=rng, sequential=sequential, stop_log10=stop_log10,
-            look_units=look_units), degenerate)
-    has_acts = activations_a is not None
-    gen = check_rng(rng)
+        if not acts_a or not acts_b:
+            acts_a = acts_b = None
+    if not degenerate:
+        return _checked_test(a, b, acts_a, acts_b, options)
+    if not a or not b:
+        return _no_evidence(options.method, options.alpha, degenerate)
+    return _with_notes(independence_test(a, b, activations_a=acts_a, activations_b=acts_b, **options.keywords()),
+                       degenerate)
+
+
+def _checked_test(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None,
+                  options: _Options) -> IndependenceResult:
+    """PERMTEST, sequential testing, or one run of the exact and/or match test, on checked informative inputs."""
+    gen = check_rng(options.rng)
     obstacle = _exact_obstacle(a, b)
-    if method == "permtest":
-        return permutation_test(a, b, statistic=statistic, n_permutations=n_permutations, alpha=alpha, rng=gen)
-    if sequential:
-        if not isinstance(stop_log10, (int, float)) or isinstance(stop_log10, bool) or not stop_log10 < 0:
-            raise ValueError(f"stop_log10: expected a float < 0, got {stop_log10!r}")
-        look_units = check_positive_int(look_units, "look_units", minimum=3)
-        full_gen = copy.deepcopy(gen)  # the full test sees the same draws as without the looks
-        seq = _sequential_looks(a, b, activations_a, activations_b, method=method, obstacle=obstacle, alpha=alpha,
-                                max_units=max_units, max_features=max_features, rng=gen,
-                                stop_log10=float(stop_log10), look_units=look_units)
-        if isinstance(seq, IndependenceResult):
-            return seq
-        full = independence_test(a, b, method=method, activations_a=activations_a, activations_b=activations_b,
-                                 alpha=alpha, max_units=max_units, max_features=max_features, rng=full_gen)
-        if seq is None:
-            return full
-        return replace(full, blocks_read=seq, notes=full.notes + (
-            f"sequential: not settled at the looks, full test on all {seq} blocks",))
-    if method == "exact" or (method == "auto" and not has_acts and obstacle is None):
-        result = exact_test(a, b, alpha=alpha, max_units=max_units, max_features=max_features, rng=gen)
+    if options.method == "permtest":
+        return permutation_test(a, b, statistic=options.statistic, n_permutations=options.n_permutations,
+                                alpha=options.alpha, rng=gen)
+    if options.sequential:
+        return _sequential_test(a, b, acts_a, acts_b, options, gen, obstacle)
+    return _exact_or_match(a, b, acts_a, acts_b, options, gen, obstacle)
+
+
+def _exact_or_match(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None, options: _Options,
+                    gen: np.random.Generator, obstacle: str | None) -> IndependenceResult:
+    """The exact test, phi_MATCH, or both (Cauchy-combined), as ``method`` and the inputs allow.
+
+    ``"auto"`` runs the exact test alone without activations, phi_MATCH
+    when the exact test cannot run, and both otherwise; an exact test run
+    without activations says so in its notes.
+    """
+    has_acts = acts_a is not None
+    if options.method == "exact" or (options.method == "auto" and not has_acts and obstacle is None):
+        result = exact_test(a, b, alpha=options.alpha, max_units=options.max_units,
+                            max_features=options.max_features, rng=gen)
         if not has_acts:
             return _with_notes(result, ("weights-only: no forward pass available",))
         return result
-    if method == "match" or obstacle is not None:
+    if options.method == "match" or obstacle is not None:
         if not has_acts:
-            if method == "auto":
-                shaped = _shape_test(a, b, alpha=alpha, max_units=max_units, rng=gen, obstacle=obstacle)
-                if shaped is not None:
-                    return shaped
-            why = f"the exact test cannot run ({obstacle})" if obstacle else "method='match'"
-            raise ValueError(f"activations_a and activations_b: expected activations since {why}, got none")
-        result = match_test(activations_a, activations_b, alpha=alpha, max_units=max_units, rng=gen)
+            return _without_activations(a, b, options, gen, obstacle)
+        result = match_test(acts_a, acts_b, alpha=options.alpha, max_units=options.max_units, rng=gen)
         return _with_notes(result, (f"exact test not applicable: {obstacle}",)) if obstacle else result
-    exact = exact_test(a, b, alpha=alpha, max_units=max_units, max_features=max_features, rng=gen)
-    match = match_test(activations_a, activations_b, alpha=alpha, max_units=max_units, rng=gen)
+    return _exact_and_match(a, b, acts_a, acts_b, options, gen)
+
+
+def _without_activations(a: Mapping, b: Mapping, options: _Options, gen: np.random.Generator,
+                         obstacle: str | None) -> IndependenceResult:
+    """phi_MATCH was called for but no activations were given: the shape test under ``"auto"``, else raise.
+
+    The shape test is the last resort of ``"auto"`` for architectures the
+    exact test cannot handle; an explicit ``method="match"`` (or no tensor
+    pair of equal shape) needs activations and says so.
+    """
+    if options.method == "auto":
+        shaped = _shape_test(a, b, alpha=options.alpha, max_units=options.max_units, rng=gen, obstacle=obstacle)
+        if shaped is not None:
+            return shaped
+    why = f"the exact test cannot run ({obstacle})" if obstacle else "method='match'"
+    raise ValueError(f"activations_a and activations_b: expected activations since {why}, got none")
+
+
+def _exact_and_match(a: Mapping, b: Mapping, acts_a: Mapping, acts_b: Mapping, options: _Options,
+                     gen: np.random.Generator) -> IndependenceResult:
+    """Both tests, their p-values merged by the Cauchy combination; the smaller p's test decides.
+
+    A permuted copy defeats the exact test but not phi_MATCH, so neither is
+    dropped; the Cauchy combination keeps the smaller p's power and stays
+    calibrated.
+    """
+    exact = exact_test(a, b, alpha=options.alpha, max_units=options.max_units, max_features=options.max_features,
+                       rng=gen)
+    match = match_test(acts_a, acts_b, alpha=options.alpha, max_units=options.max_units, rng=gen)
     decider = exact if exact.p_value_log10 <= match.p_value_log10 else match
     lp = cauchy_combine([exact.p_value_log10, match.p_value_log10])
     return IndependenceResult(
         statistic=decider.statistic, p_value=10.0**lp, p_value_log10=lp, method=decider.method,
-        dependent=rejects(lp, alpha), alpha=alpha, null=_NULL, blocks=decider.blocks,
+        dependent=rejects(lp, options.alpha), alpha=options.alpha, null=_NULL, blocks=decider.blocks,
         block_map=decider.block_map, tests=exact.tests + match.tests,
         notes=decider.notes + (
             f"exact and match both run (log10 p {exact.p_value_log10:.4g} and {match.p_value_log10:.4g}); "
@@ -934,8 +1047,6 @@ def independence_test(
 
 
 def _with_notes(result: IndependenceResult, notes: tuple[str, ...]) -> IndependenceResult:
-    from dataclasses import replace
-
     return replace(result, notes=result.notes + notes)
 
 
@@ -976,24 +1087,67 @@ def look_schedule(n_blocks: int) -> tuple[int, ...]:
     return tuple(looks) + (n_blocks,)
 
 
-def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_units, max_features, rng,
-                      stop_log10, look_units):
-    """Cheap looks of sequential testing.
+def _sequential_test(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None, options: _Options,
+                     gen: np.random.Generator, obstacle: str | None) -> IndependenceResult:
+    """Sequential testing: cheap looks first, the full test only when none settles it.
 
-    Returns the stopped result, or the number of blocks when no look
-    settled it (the caller then runs the full test), or ``None`` when the
-    models cannot be tested sequentially (different depths: every block pair
-    is needed for localization).
-
-    At look ``k`` (first ``n_k`` blocks) the look's p-value ``p_k`` is the
-    exact test on those blocks, phi_MATCH on them, or, when both apply,
-    ``2 min`` of the two (Bonferroni, valid under any dependence; the exact
-    test runs first and phi_MATCH is skipped when the exact test alone
-    already settles the look). Each ``p_k`` is a valid p-value for a fixed
-    ``n_k``; with ``K`` looks plus the full test, stopping when
-    ``K p_k < tau`` and reporting ``K p_k`` is valid by Bonferroni over the
-    looks whatever the dependence between them.
+    The full test draws from a copy of the generator taken before the looks,
+    so it sees the same draws as without them: a run that is not settled at
+    the looks reports the plain test's p-value unchanged.
     """
+    stop_log10 = options.stop_log10
+    if not isinstance(stop_log10, (int, float)) or isinstance(stop_log10, bool) or not stop_log10 < 0:
+        raise ValueError(f"stop_log10: expected a float < 0, got {stop_log10!r}")
+    look_units = check_positive_int(options.look_units, "look_units", minimum=3)
+    full_gen = copy.deepcopy(gen)
+    checked = replace(options, stop_log10=float(stop_log10), look_units=look_units)
+    seq = _sequential_looks(a, b, acts_a, acts_b, checked, obstacle, gen)
+    if isinstance(seq, IndependenceResult):
+        return seq
+    full = independence_test(a, b, method=options.method, activations_a=acts_a, activations_b=acts_b,
+                             alpha=options.alpha, max_units=options.max_units, max_features=options.max_features,
+                             rng=full_gen)
+    if seq is None:
+        return full
+    return replace(full, blocks_read=seq, notes=full.notes + (
+        f"sequential: not settled at the looks, full test on all {seq} blocks",))
+
+
+@dataclass(frozen=True)
+class _LookPlan:
+    """What the cheap looks run (``tests``: the exact test and/or phi_MATCH), on which blocks, at what size.
+
+    ``blocks`` are the blocks the looks count (``a``'s, in the order the
+    tests read them); ``looks`` the numbers of blocks read at each look;
+    ``units`` and ``features`` the looks' ``max_units`` and ``max_features``.
+    """
+
+    use_exact: bool
+    use_match: bool
+    blocks: tuple[int, ...]
+    same_depth: bool
+    n_blocks: int
+    looks: tuple[int, ...]
+    units: int
+    features: int
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.use_exact) + int(self.use_match)
+
+    def corrected(self, p_value_log10: float) -> float:
+        """A look's ``log10 p`` times the number of tests, times the ``K`` looks (the full test counted as one)."""
+        return p_value_log10 + math.log10(self.n_tests) + math.log10(len(self.looks) + 1)
+
+
+def _look_plan(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None, options: _Options,
+               obstacle: str | None) -> _LookPlan | None:
+    """The looks for these models, or ``None`` when there are none (the caller then runs the full test alone).
+
+    None when ``method="exact"`` cannot run (the full test says why), or
+    when neither test applies or a model has no block to look at.
+    """
+    method, look_units = options.method, options.look_units
     use_exact = method == "exact" or (method == "auto" and obstacle is None)
     use_match = acts_a is not None and method in ("auto", "match")
     if method == "exact" and obstacle is not None:
@@ -1011,33 +1165,72 @@ def _sequential_looks(a, b, acts_a, acts_b, *, method, obstacle, alpha, max_unit
     # equal depths: looks after 1, 2, 4, ... blocks; different depths: one cheap look at every block pair
     # (localization needs them all), then the full test
     looks = look_schedule(n_blocks) if same_depth else (n_blocks,)
-    k_total = len(looks) + 1  # the cheap looks and the full test
-    lk = math.log10(k_total)
-    cap = look_units if max_units is None else min(max_units, look_units)
-    feats = 4 * look_units if max_features is None else min(max_features, 4 * look_units)
-    for n in looks:
-        parts: list[IndependenceResult] = []
-        n_tests = int(use_exact) + int(use_match)
-        va, vb = (BlockSubset(a, range(n)), BlockSubset(b, range(n))) if same_depth else (a, b)
-        if use_exact:
-            parts.append(exact_test(va, vb, alpha=alpha, max_units=cap, max_features=feats, rng=rng))
-        if use_match and not (parts and parts[0].p_value_log10 + math.log10(n_tests) + lk < stop_log10):
-            xa, xb = (_ActsView(acts_a, n), _ActsView(acts_b, n)) if same_depth else (acts_a, acts_b)
-            parts.append(match_test(xa, xb, alpha=alpha, max_units=cap, rng=rng))
+    cap = look_units if options.max_units is None else min(options.max_units, look_units)
+    feats = 4 * look_units if options.max_features is None else min(options.max_features, 4 * look_units)
+    return _LookPlan(use_exact, use_match, tuple(ka), same_depth, n_blocks, looks, cap, feats)
+
+
+def _sequential_looks(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None, options: _Options,
+                      obstacle: str | None, gen: np.random.Generator) -> IndependenceResult | int | None:
+    """Cheap looks of sequential testing.
+
+    Returns the stopped result, or the number of blocks when no look
+    settled it (the caller then runs the full test), or ``None`` when there
+    is nothing to look at (see :func:`_look_plan`).
+
+    At look ``k`` (first ``n_k`` blocks; models of different depths get one
+    look, at every block pair) the look's p-value ``p_k`` is the exact test
+    on those blocks, phi_MATCH on them, or, when both apply, ``2 min`` of the
+    two (Bonferroni, valid under any dependence; the exact test runs first
+    and phi_MATCH is skipped when the exact test alone already settles the
+    look). Each ``p_k`` is a valid p-value for a fixed ``n_k``; with ``K``
+    looks plus the full test, stopping when ``K p_k < tau`` and reporting
+    ``K p_k`` is valid by Bonferroni over the looks whatever the dependence
+    between them.
+    """
+    plan = _look_plan(a, b, acts_a, acts_b, options, obstacle)
+    if plan is None:
+        return None
+    for n in plan.looks:
+        parts = _look(a, b, acts_a, acts_b, plan, n, options, gen)
         decider = min(parts, key=lambda r: r.p_value_log10)
-        lp = decider.p_value_log10 + math.log10(n_tests) + lk
-        if lp < stop_log10:
-            how = "exact test" if parts[0] is decider and use_exact else "match test"
-            skipped = "; phi_MATCH skipped (the exact test settled it)" if use_match and len(parts) == 1 else ""
-            if same_depth:
-                where = (f"stopped after {n} of {n_blocks} blocks (looks after {', '.join(map(str, looks))} "
-                         f"blocks at {cap} units, then the full test)")
-            else:
-                where = f"settled by every block pair at {cap} units (then the full test)"
-            note = (f"sequential: {where}, decided by the {how}{skipped}; p is Bonferroni over "
-                    f"{'the exact and match tests and ' if n_tests > 1 else ''}the {k_total} looks")
-            # equal depths map block i to block i: the map covers every block, read or not
-            block_map = tuple((i, i) for i in ka) if same_depth else decider.block_map
-            return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=rejects(lp, alpha),
-                           notes=decider.notes + (note,), blocks_read=n, block_map=block_map)
-    return n_blocks
+        lp = plan.corrected(decider.p_value_log10)
+        if lp < options.stop_log10:
+            return _stopped(plan, n, parts, decider, lp, options.alpha)
+    return plan.n_blocks
+
+
+def _look(a: Mapping, b: Mapping, acts_a: Mapping | None, acts_b: Mapping | None, plan: _LookPlan, n: int,
+          options: _Options, gen: np.random.Generator) -> list[IndependenceResult]:
+    """One look, at the first ``n`` blocks (every block when depths differ): the exact test, then phi_MATCH.
+
+    phi_MATCH is skipped when the exact test alone already settles the look:
+    it would only cost time, the look stops either way.
+    """
+    parts: list[IndependenceResult] = []
+    va, vb = (BlockSubset(a, range(n)), BlockSubset(b, range(n))) if plan.same_depth else (a, b)
+    if plan.use_exact:
+        parts.append(exact_test(va, vb, alpha=options.alpha, max_units=plan.units, max_features=plan.features,
+                                rng=gen))
+    if plan.use_match and not (parts and plan.corrected(parts[0].p_value_log10) < options.stop_log10):
+        xa, xb = (_ActsView(acts_a, n), _ActsView(acts_b, n)) if plan.same_depth else (acts_a, acts_b)
+        parts.append(match_test(xa, xb, alpha=options.alpha, max_units=plan.units, rng=gen))
+    return parts
+
+
+def _stopped(plan: _LookPlan, n: int, parts: list[IndependenceResult], decider: IndependenceResult, lp: float,
+             alpha: float) -> IndependenceResult:
+    """The result of a look that settled the test: the decider's, at the corrected p-value, saying how it stopped."""
+    how = "exact test" if parts[0] is decider and plan.use_exact else "match test"
+    skipped = "; phi_MATCH skipped (the exact test settled it)" if plan.use_match and len(parts) == 1 else ""
+    if plan.same_depth:
+        where = (f"stopped after {n} of {plan.n_blocks} blocks (looks after {', '.join(map(str, plan.looks))} "
+                 f"blocks at {plan.units} units, then the full test)")
+    else:
+        where = f"settled by every block pair at {plan.units} units (then the full test)"
+    note = (f"sequential: {where}, decided by the {how}{skipped}; p is Bonferroni over "
+            f"{'the exact and match tests and ' if plan.n_tests > 1 else ''}the {len(plan.looks) + 1} looks")
+    # equal depths map block i to block i: the map covers every block, read or not
+    block_map = tuple((i, i) for i in plan.blocks) if plan.same_depth else decider.block_map
+    return replace(decider, p_value=10.0**lp, p_value_log10=lp, dependent=rejects(lp, alpha),
+                   notes=decider.notes + (note,), blocks_read=n, block_map=block_map)
