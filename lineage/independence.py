@@ -1222,7 +1222,8 @@ def _stopped(plan: _LookPlan, n: int, parts: list[IndependenceResult], decider: 
              alpha: float) -> IndependenceResult:
     """The result of a look that settled the test: the decider's, at the corrected p-value, saying how it stopped."""
     how = "exact test" if parts[0] is decider and plan.use_exact else "match test"
-    skipped = "; phi_MATCH skipped (the exact test settled it)" if plan.use_match and len(parts) == 1 else ""
+    settled = plan.use_exact and plan.use_match and len(parts) == 1  # a match-only look ran no exact test
+    skipped = "; phi_MATCH skipped (the exact test settled it)" if settled else ""
     if plan.same_depth:
         where = (f"stopped after {n} of {plan.n_blocks} blocks (looks after {', '.join(map(str, plan.looks))} "
                  f"blocks at {plan.units} units, then the full test)")
