@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..progress import Progress, note_read
-from ..threads import wide
 from .readers import WeightSource, iter_tensors, open_source, read_header
 from .roles import IDENTITY_ROLES, assign_role, canonical_parts, detect_architecture
 from .stats import tensor_digest, tensor_statistics
@@ -149,23 +148,29 @@ def _read_tensors(
 ) -> list[TensorRecord]:
     """One record per stored tensor (statistics and digest); each learned canonical part goes to ``visit``.
 
-    The SHA-256 of each tensor runs on a second thread (hashlib releases the
-    GIL) while this one computes statistics, sketches and verdicts.
+    Each tensor's SHA-256, statistics and degenerate verdict run on a second
+    thread (hashlib, torch and numpy release the GIL) while this one computes
+    its sketches: on one torch thread each, the two halves keep two cores busy.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     records: list[TensorRecord] = []
     total = sum(i.size_bytes for i in infos.values())
     done = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="mothertree-digest") as hasher:
+    with ThreadPoolExecutor(1, thread_name_prefix="mothertree-digest") as helper:
         for name, tensor in iter_tensors(source, infos):
-            digest = hasher.submit(tensor_digest, tensor)
+            digest = helper.submit(tensor_digest, tensor)
+            stats_of = helper.submit(tensor_statistics, tensor)
             a = assign_role(name, architecture)
             info = infos[name]
-            with wide(tensor.numel()):
-                stats = tensor_statistics(tensor)
-                parts = _visit_parts(name, tensor, a, info, architecture, config, visit, judge, warnings)
-                informative, why = _verdict(judge, parts, architecture, a.part, a.role)
+            parts = _parts(name, tensor, a, info, architecture, config, visit is not None or judge is not None,
+                           warnings)
+            verdict = helper.submit(_verdict, judge, parts, architecture, a.part, a.role)
+            if visit is not None:
+                for role, part in parts.items():
+                    visit(role, a.block, a.part, part)
+            stats = stats_of.result()
+            informative, why = verdict.result()
             records.append(
                 TensorRecord(
                     name, a.role, a.block, a.part, info.shape, info.dtype, info.size_bytes, digest.result(),
@@ -178,27 +183,21 @@ def _read_tensors(
     return records
 
 
-def _visit_parts(
+def _parts(
     name: str, tensor: "torch.Tensor", a: Any, info: Any, architecture: str, config: dict[str, Any],
-    visit: CanonicalVisitor | None, judge: Judge | None, warnings: list[str],
+    wanted: bool, warnings: list[str],
 ) -> dict[str, "torch.Tensor"]:
-    """The tensor's learned canonical parts (to judge), each handed to ``visit`` on the way."""
-    parts: dict[str, "torch.Tensor"] = {}
-    if (visit is not None or judge is not None) and a.learned and a.role != "other":
+    """The tensor's learned canonical parts (to sketch and judge), keyed by role; none unless ``wanted``."""
+    if wanted and a.learned and a.role != "other":
         try:
-            parts = canonical_parts(a, tensor, architecture=architecture, config=config)
+            return canonical_parts(a, tensor, architecture=architecture, config=config)
         except (RuntimeError, ValueError, IndexError):
             # a shape that cannot be this role (a scalar "embedding"): not fingerprinted
             warnings.append(f"tensor '{name}' of shape {list(info.shape)} does not fit role {a.role}: "
                             "not fingerprinted")
-        if visit is not None:
-            for role, part in parts.items():
-                visit(role, a.block, a.part, part)
-    elif a.learned and architecture == "unknown" and tensor.ndim == 2:
-        parts = {"other": tensor}
-        if visit is not None:
-            visit("other", a.block, a.part, tensor)
-    return parts
+    elif wanted and a.learned and architecture == "unknown" and tensor.ndim == 2:
+        return {"other": tensor}
+    return {}
 
 
 def _summarise(
