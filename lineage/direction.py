@@ -7,6 +7,12 @@ signal             log-odds   why
 =================  =========  ==================================================
 creation time      5.8        on the hub the parent came first in 99.7% of pairs
 structure          4.6        quantized, pruned, merged models are children (99%)
+float grid        2.9        one side stored at a lower precision (bf16, fp16),
+                              the other within half a step of it: a rounding
+                              residual (uniform, mean 0.25 step) marks the
+                              rounded side as the child; a residual far below
+                              it marks the finer side as trained from the
+                              grid (:func:`float_grid_parent`)
 declared base      2.2        card metadata: a prior, counted only once the
                               weights confirmed the pair dependent
 norm growth        <= 2.2     fine-tuning adds a drift nearly orthogonal to the
@@ -33,11 +39,22 @@ from ..serialize import Serializable
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DirectionSignals", "Direction", "orient", "norm_growth_fraction", "NORM_MAX_LOG_ODDS", "TIME_LOG_ODDS", "STRUCTURE_LOG_ODDS", "DECLARED_LOG_ODDS", "KURTOSIS_MAX_LOG_ODDS"]
+__all__ = ["DirectionSignals", "Direction", "orient", "norm_growth_fraction", "float_grid_parent", "NORM_MAX_LOG_ODDS",
+           "TIME_LOG_ODDS", "STRUCTURE_LOG_ODDS", "GRID_LOG_ODDS", "DECLARED_LOG_ODDS", "KURTOSIS_MAX_LOG_ODDS"]
 
 TIME_LOG_ODDS = math.log(0.997 / 0.003)
 STRUCTURE_LOG_ODDS = math.log(0.99 / 0.01)
 DECLARED_LOG_ODDS = math.log(0.9 / 0.1)
+GRID_LOG_ODDS = math.log(0.95 / 0.05)
+#: Mean residual (grid steps) from which the coarser side is the finer side rounded: a
+#: rounding error is uniform within half a step (0.25), a little less where training
+#: moved an element across a boundary.
+GRID_ROUNDED_SPREAD = 0.2
+#: Mean residual (grid steps) up to which the finer side left the grid by training:
+#: a light fine-tune trained at higher precision from a bf16/fp16 model.
+GRID_TRAINED_SPREAD = 0.1
+#: Most elements must sit within half a step for the residual to say anything.
+GRID_MAX_VIOLATIONS = 0.5
 KURTOSIS_MAX_LOG_ODDS = math.log(0.65 / 0.35)
 NORM_MAX_LOG_ODDS = math.log(0.9 / 0.1)
 
@@ -58,6 +75,9 @@ class DirectionSignals:
     norm_growth : float or None
         Fraction of the changed tensors whose norm is larger in ``b`` than in
         ``a`` (:func:`norm_growth_fraction`); above 0.5 points to ``b`` as the child.
+    grid_parent : str or None
+        ``"a"`` or ``"b"`` when the float-grid residual names the parent
+        (:func:`float_grid_parent`).
     kurtosis_a, kurtosis_b : float or None
         Summed excess kurtosis of the attention matrices (q, k, v, o): MoTHer
         uses the square attention matrices; a LoRA that leaves ``o`` untouched
@@ -71,6 +91,7 @@ class DirectionSignals:
     kurtosis_a: float | None = None
     kurtosis_b: float | None = None
     norm_growth: float | None = None
+    grid_parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,11 @@ def orient(signals: DirectionSignals) -> Direction:
         s = 1 if signals.structural_child == "b" else -1
         lo += s * STRUCTURE_LOG_ODDS
         reasons.append(f"structure marks {signals.structural_child} as the child")
+    if signals.grid_parent is not None:
+        if signals.grid_parent not in ("a", "b"):
+            raise ValueError(f"grid_parent: expected 'a', 'b' or None, got {signals.grid_parent!r}")
+        lo += GRID_LOG_ODDS if signals.grid_parent == "a" else -GRID_LOG_ODDS
+        reasons.append(f"float grid: {signals.grid_parent} is the parent")
     if signals.declared:
         lo += signals.declared * DECLARED_LOG_ODDS
         reasons.append(f"declared base: {'a' if signals.declared > 0 else 'b'}")
@@ -158,3 +184,55 @@ def norm_growth_fraction(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch
         changed += 1
         grew += ny > nx_
     return grew / changed if changed else None
+
+
+def float_grid_parent(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch.Tensor"]) -> str | None:
+    """``"a"`` or ``"b"``: the parent by where the finer side sits around the coarser side's float grid.
+
+    Pooled over the tensors of equal shape where one side is stored at a
+    lower precision (:func:`~mothertree.lineage.relations.rounds_onto_float_grid`).
+    A light fine-tune saved in bf16 from a float32 parent lies within half a
+    step of the parent, at a uniform rounding distance (mean 0.25 step): the
+    rounded side is the child. A float32 fine-tune of a bf16 model starts on
+    the grid and moves by training steps (mean far below 0.25): the grid side
+    is the parent. This holds when the changes are below one rounding step,
+    exactly where norm growth and kurtosis measure noise. ``None`` when the
+    precisions are equal, the coarser side switches between tensors, most
+    elements are more than half a step apart, or the residual is between the
+    two bounds.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> parent = {("mlp.up", 0): torch.randn(64, 64, generator=g)}
+    >>> child = {k: (v + 1e-4 * torch.randn(64, 64, generator=g)).bfloat16().float() for k, v in parent.items()}
+    >>> float_grid_parent(parent, child), float_grid_parent(child, parent)
+    ('a', 'b')
+    """
+    from .relations import rounds_onto_float_grid
+
+    coarse_sides, violations, spread, n = set(), 0.0, 0.0, 0
+    for k, x in a.items():
+        y = b.get(k)
+        if y is None or tuple(y.shape) != tuple(x.shape):
+            continue
+        for side, coarse, source in (("a", x, y), ("b", y, x)):
+            got = rounds_onto_float_grid(coarse, source)
+            if got is None:
+                continue
+            v, s, m = got
+            coarse_sides.add(side)
+            violations += v * m
+            if math.isfinite(s):
+                spread += s * m * (1 - v)
+            n += m
+    if len(coarse_sides) != 1 or n == 0 or violations / n > GRID_MAX_VIOLATIONS:
+        return None
+    coarse_side = coarse_sides.pop()
+    mean = spread / (n - violations)
+    if mean >= GRID_ROUNDED_SPREAD:
+        return "b" if coarse_side == "a" else "a"  # the rounded side is the child
+    if mean <= GRID_TRAINED_SPREAD:
+        return coarse_side
+    return None

@@ -33,7 +33,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 import networkx as nx
 
 from ._views import Renumbered, shape_of, typing_view
-from .direction import Direction, DirectionSignals, norm_growth_fraction, orient
+from .direction import Direction, DirectionSignals, float_grid_parent, norm_growth_fraction, orient
 from .relations import (
     MergeFit, RelationEvidence, classify_relation, containment_ratio, invariant_distance, merge_fit, relative_distance,
     WeightFacts, weight_facts,
@@ -229,6 +229,7 @@ def pair_evidence(
         sig = DirectionSignals(
             created_a=fa.created_at, created_b=fb.created_at, declared=declared, structural_child=rel.child_side,
             kurtosis_a=fa.attn_kurtosis, kurtosis_b=fb.attn_kurtosis, norm_growth=norm_growth_fraction(*typing_view(wa, wb)),
+            grid_parent=float_grid_parent(*typing_view(wa, wb)) if rel.child_side is None else None,
         )
         direction = orient(sig)
         out[(a, b)] = _Pair(PairEvidence(a, b, d, direction.log_odds, rel.relation), rel, sig, direction)

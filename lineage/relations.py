@@ -44,6 +44,7 @@ __all__ = [
     "conversion_check",
     "containment_ratio",
     "at_stored_precision",
+    "rounds_onto_float_grid",
     "grid_residual",
     "rounds_onto_grid",
     "is_quantized",
@@ -315,6 +316,56 @@ def at_stored_precision(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
     if len(modes) != 1 or None in modes:
         return x
     return _cast(x, modes.pop())  # a no-op when x is already stored that way
+
+
+#: Significant bits of each lower float precision: one grid step at ``|x| in [2^(e-1), 2^e)`` is ``2^(e - bits)``.
+_SIGNIFICANT_BITS = {"bf16-rne": 8, "bf16-trunc": 8, "fp16-rne": 11}
+#: Elements sampled per tensor for the float-grid residual (evenly strided).
+_GRID_SAMPLE = 1 << 16
+
+
+def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[float, float, int] | None:
+    """How ``source`` sits around ``coarse``'s lower-precision float grid: ``(violations, spread, n)``.
+
+    ``coarse`` is stored at a lower precision (bf16, fp16) than ``source``
+    (``None`` otherwise). ``violations`` is the fraction of sampled nonzero
+    elements where ``source`` is more than half a grid step from ``coarse``;
+    ``spread`` the mean distance of the others, in steps; ``n`` the elements
+    sampled. The float analogue of :func:`rounds_onto_grid`: when ``coarse``
+    is ``source`` (or a light fine-tune of it) rounded to the coarser grid,
+    the residual is a rounding error, uniform within half a step (spread near
+    0.25); when ``source`` is a light fine-tune *of* ``coarse`` trained at
+    the higher precision, ``source`` starts on the grid and moved a training
+    step away (spread near 0, exactly 0 where training left an element).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    >>> v, spread, n = rounds_onto_float_grid(x.bfloat16().float(), x)
+    >>> v, round(spread, 2), n
+    (0.0, 0.25, 4096)
+    >>> b = x.bfloat16().float()
+    >>> rounds_onto_float_grid(b, b + 1e-6 * torch.sign(b))[1] < 0.05
+    True
+    """
+    coarse, source = coarse.float(), source.float()
+    mode = _stored_precision(coarse)
+    if mode is None or _stored_precision(source) == mode or coarse.shape != source.shape:
+        return None
+    c, s = coarse.reshape(-1), source.reshape(-1)
+    stride = max(1, c.numel() // _GRID_SAMPLE)
+    c, s = c[::stride], s[::stride]
+    keep = c != 0
+    c, s = c[keep], s[keep]
+    if c.numel() == 0:
+        return None
+    _, exponent = torch.frexp(c)
+    steps = (s - c).abs() / torch.ldexp(torch.ones_like(c), exponent - _SIGNIFICANT_BITS[mode])
+    near = steps <= 0.5
+    n = int(c.numel())
+    spread = float(steps[near].mean()) if bool(near.any()) else float("nan")
+    return 1.0 - float(near.float().mean()), spread, n
 
 
 def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> float:

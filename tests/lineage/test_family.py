@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import torch
 
+from mothertree.lineage.direction import float_grid_parent
 from mothertree.lineage.family import (
     MERGE_PARENT_OPTIONS,
     ModelFacts,
@@ -166,3 +167,35 @@ def test_chains_are_checked_by_containment_and_siblings_stay_siblings():
     facts = _facts(sib, {"a-root": 0, "b-one": 1, "c-two": 2})
     sol = solve_family(list(sib), sib, facts, {}, test_pair=_Recorder())
     assert _edges(sol) == {("a-root", "b-one"): "finetune", ("a-root", "c-two"): "finetune"}
+
+
+def _sub_step(w, seed, fraction):
+    """A light fine-tune saved in bf16: changes of ``fraction`` of a bf16 step (relative 2^-8), then rounded."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: (v + fraction * 2.0 ** -8 * v.abs().mean() * torch.randn(v.shape, generator=g)).bfloat16().float()
+            for k, v in w.items()}
+
+
+def test_light_bf16_fine_tunes_of_a_float32_root_hang_from_the_root():
+    """Changes below one rounding step: the float grid orients them, and siblings are not chained."""
+    r = _model(0, d=48, h=96)
+    kids = {f"b-kid{i}": _sub_step(r, 10 + i, f) for i, f in enumerate((0.01, 0.06, 0.2))}
+    weights = {"a-root": r, **kids}
+    names = {"a-root": 0, **{k: 0 for k in kids}}
+    sol = solve_family(list(weights), weights, _facts(names), {}, test_pair=_Recorder())
+    assert {(e.parent, e.child) for e in sol.edges} == {("a-root", k) for k in kids}
+    assert all(e.direction_confidence > 0.8 for e in sol.edges)  # without the grid vote: a child is the root
+
+
+def test_the_float_grid_names_the_parent_either_way():
+    r = _model(1, d=48, h=96)
+    child = _sub_step(r, 2, 0.05)
+    assert float_grid_parent(r, child) == "a" and float_grid_parent(child, r) == "b"
+    # a float32 fine-tune of a bf16 model starts on the grid and moves by training steps
+    b16 = {k: v.bfloat16().float() for k, v in r.items()}
+    trained = {k: v + 1e-6 * torch.sign(torch.randn(v.shape, generator=torch.Generator().manual_seed(3)))
+               for k, v in b16.items()}
+    assert float_grid_parent(b16, trained) == "a"
+    # equal precisions, or changes far beyond a step: no vote
+    assert float_grid_parent(r, _finetune(r, 4)) is None
+    assert float_grid_parent(b16, _sub_step(b16, 5, 0.05)) is None
