@@ -328,7 +328,8 @@ def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[
     """How ``source`` sits around ``coarse``'s lower-precision float grid: ``(violations, spread, n)``.
 
     ``coarse`` is stored at a lower precision (bf16, fp16) than ``source``
-    (``None`` otherwise). ``violations`` is the fraction of sampled nonzero
+    (``None`` otherwise; both judged on an evenly strided sample of
+    :data:`_GRID_SAMPLE` elements). ``violations`` is the fraction of sampled nonzero
     elements where ``source`` is more than half a grid step from ``coarse``;
     ``spread`` the mean distance of the others, in steps; ``n`` the elements
     sampled. The float analogue of :func:`rounds_onto_grid`: when ``coarse``
@@ -349,13 +350,14 @@ def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[
     >>> rounds_onto_float_grid(b, b + 1e-6 * torch.sign(b))[1] < 0.05
     True
     """
-    coarse, source = coarse.float(), source.float()
-    mode = _stored_precision(coarse)
-    if mode is None or _stored_precision(source) == mode or coarse.shape != source.shape:
+    if tuple(coarse.shape) != tuple(source.shape):
         return None
-    c, s = coarse.reshape(-1), source.reshape(-1)
-    stride = max(1, c.numel() // _GRID_SAMPLE)
-    c, s = c[::stride], s[::stride]
+    # precisions are judged on the sample too: two full-size casts per tensor would cost more than the vote
+    stride = max(1, coarse.numel() // _GRID_SAMPLE)
+    c, s = coarse.reshape(-1)[::stride].float(), source.reshape(-1)[::stride].float()
+    mode = _stored_precision(c)
+    if mode is None or _stored_precision(s) == mode:
+        return None
     keep = c != 0
     c, s = c[keep], s[keep]
     if c.numel() == 0:
