@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.perf_counter() - t0
     exe = str(Path(sys.executable).with_name("mothertree"))
     db = root / "registry.db"
-    for p in (db, root / "registry.db.vectors", root / "home"):
+    for p in (db, root / "registry.db.vectors", root / "home", root / "test.db", root / "test.db.vectors",
+              root / "home-test"):
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -228,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     steps = [
         ("index_base", [exe, "index", str(base), "--name", "base", "--json"]),
         ("ancestry_child", [exe, "ancestry", str(child), "--add", "--json"]),
-        ("test", [exe, "test", "base", "child", "--json"]),
+        ("test", [exe, "test", str(base), str(child), "--json"]),
         ("resolve_full", [exe, "resolve", "--full", "--json"]),
     ]
+    fresh = dict(env, MOTHERTREE_HOME=str(root / "home-test"), MOTHERTREE_DB=f"sqlite:///{root / 'test.db'}")
     for key, cmd in steps:
-        r = measure(cmd, env)
+        r = measure(cmd, fresh if key == "test" else env)  # test: by paths, nothing stored to reuse
         results[key] = r
         print(f"{key}: rc={r['rc']} {r['wall_s']:.1f} s, peak RssAnon {r['peak_rss_anon_bytes'] / 2**30:.2f} GiB, "
               f"peak VmRSS {r['peak_vm_rss_bytes'] / 2**30:.2f} GiB", flush=True)

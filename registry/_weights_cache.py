@@ -88,7 +88,10 @@ class WeightsCache:
         streamed = StreamingWeightMap(source)
         check_block_budget(streamed, f"'{source}'")
         weights = streamed.to_dict() if streamed.float32_bytes <= in_memory_limit() else streamed
-        if weights is streamed:  # the tests check a dict themselves; a streamed map carries its verdicts
+        if weights is streamed and digest is not None:
+            # the tests check a dict themselves; a registry model streams with its verdicts. A path
+            # has none: its tensors are judged as they are read (a degenerate one stops the test),
+            # since judging them up front would read the whole model before a sequential test starts
             streamed.degenerate = self._judged(streamed, digest)
         acts, notes = self._activations(source, streamed, digest) if activations else (None, ())
         loaded = _Loaded(weights, acts, notes)
@@ -150,8 +153,8 @@ class WeightsCache:
         """Each degenerate key of a streamed model, with why: from the index, else judged now.
 
         A tensor the index did not judge (a model indexed before verdicts were
-        stored, or a path that is not in the registry) is read once here, one
-        at a time: a test never builds evidence from a degenerate tensor.
+        stored) is read once here, one at a time: a test never builds evidence
+        from a degenerate tensor.
         """
         from ..lineage import degenerate_reason
 
