@@ -324,28 +324,29 @@ _SIGNIFICANT_BITS = {"bf16-rne": 8, "bf16-trunc": 8, "fp16-rne": 11}
 _GRID_SAMPLE = 1 << 16
 
 
-def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[float, float, int] | None:
-    """How ``source`` sits around ``coarse``'s lower-precision float grid: ``(violations, spread, n)``.
+def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[float, float, float, int] | None:
+    """How ``source`` sits around ``coarse``'s lower-precision float grid: ``(violations, spread, lower, n)``.
 
     ``coarse`` is stored at a lower precision (bf16, fp16) than ``source``
     (``None`` otherwise; both judged on an evenly strided sample of
     :data:`_GRID_SAMPLE` elements). ``violations`` is the fraction of sampled nonzero
     elements where ``source`` is more than half a grid step from ``coarse``;
-    ``spread`` the mean distance of the others, in steps; ``n`` the elements
-    sampled. The float analogue of :func:`rounds_onto_grid`: when ``coarse``
+    ``spread`` the mean distance of the others, in steps; ``lower`` the
+    fraction of those within a quarter step; ``n`` the elements sampled. The float analogue of :func:`rounds_onto_grid`: when ``coarse``
     is ``source`` (or a light fine-tune of it) rounded to the coarser grid,
     the residual is a rounding error, uniform within half a step (spread near
-    0.25); when ``source`` is a light fine-tune *of* ``coarse`` trained at
+    0.25, half of it within a quarter step); when ``source`` is a light fine-tune *of* ``coarse`` trained at
     the higher precision, ``source`` starts on the grid and moved a training
-    step away (spread near 0, exactly 0 where training left an element).
+    step away (spread near 0, exactly 0 where training left an element, and
+    a density that falls with the distance).
 
     Examples
     --------
     >>> import torch
     >>> x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
-    >>> v, spread, n = rounds_onto_float_grid(x.bfloat16().float(), x)
-    >>> v, round(spread, 2), n
-    (0.0, 0.25, 4096)
+    >>> v, spread, lower, n = rounds_onto_float_grid(x.bfloat16().float(), x)
+    >>> v, round(spread, 2), round(lower, 1), n
+    (0.0, 0.25, 0.5, 4096)
     >>> b = x.bfloat16().float()
     >>> rounds_onto_float_grid(b, b + 1e-6 * torch.sign(b))[1] < 0.05
     True
@@ -366,8 +367,10 @@ def rounds_onto_float_grid(coarse: torch.Tensor, source: torch.Tensor) -> tuple[
     steps = (s - c).abs() / torch.ldexp(torch.ones_like(c), exponent - _SIGNIFICANT_BITS[mode])
     near = steps <= 0.5
     n = int(c.numel())
-    spread = float(steps[near].mean()) if bool(near.any()) else float("nan")
-    return 1.0 - float(near.float().mean()), spread, n
+    inside = steps[near]
+    spread = float(inside.mean()) if inside.numel() else float("nan")
+    lower = float((inside < 0.25).float().mean()) if inside.numel() else float("nan")
+    return 1.0 - float(near.float().mean()), spread, lower, n
 
 
 def containment_ratio(grand: WeightMap, parent: WeightMap, child: WeightMap) -> float:

@@ -196,6 +196,12 @@ def test_the_float_grid_names_the_parent_either_way():
     trained = {k: v + 1e-6 * torch.sign(torch.randn(v.shape, generator=torch.Generator().manual_seed(3)))
                for k, v in b16.items()}
     assert float_grid_parent(b16, trained) == "a"
+    # ... and with steps of a third or more of a rounding step its residual is no longer near 0: no vote,
+    # never the false "rounded side" vote its mean alone would give
+    for f in (0.3, 0.6):
+        g = torch.Generator().manual_seed(6)
+        far = {k: v + f * 2.0 ** -8 * 0.04 * torch.sign(torch.randn(v.shape, generator=g)) for k, v in b16.items()}
+        assert float_grid_parent(b16, far) is None
     # equal precisions, or changes far beyond a step: no vote
     assert float_grid_parent(r, _finetune(r, 4)) is None
     assert float_grid_parent(b16, _sub_step(b16, 5, 0.05)) is None
