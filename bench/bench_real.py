@@ -103,6 +103,11 @@ def load_smollm2(cache: Path):
         f = "SmolLM2-135M-Instruct.Q4_1.gguf"
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+        # the weights are dequantized float32 by now; newer transformers refuse to save a model still
+        # marked as loaded from GGUF, so the mark goes
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(cache)
         tok.save_pretrained(cache)
     return AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32), AutoTokenizer.from_pretrained(cache)
