@@ -28,7 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import networkx as nx
 
@@ -172,9 +172,10 @@ def solve_family(
     """
     members = list(members)
     st = _Stats(stats, test_pair)
-    pairs = pair_evidence(members, weights, facts, st)
+    own: dict[Key, WeightFacts] = {}
+    pairs = pair_evidence(members, weights, facts, st, own)
     group = copy_groups(members, pairs)
-    fits = merge_parents(members, weights, pairs, group)
+    fits = merge_parents(members, weights, pairs, group, {m: f.degenerate for m, f in own.items()})
     pairs = _merges_are_structure(pairs, fits)
     order = sorted(members, key=lambda m: _rank(facts[m], m))
     tree = recover_family(
@@ -201,8 +202,13 @@ def solve_family(
 
 def pair_evidence(
     members: Sequence[Key], weights: Mapping[Key, WeightMap], facts: Mapping[Key, ModelFacts], stats: _Stats,
+    own: dict[Key, WeightFacts] | None = None,
 ) -> dict[tuple[Key, Key], _Pair]:
-    """Relation, distance and direction of each comparable pair, keyed ``(a, b)`` with a < b."""
+    """Relation, distance and direction of each comparable pair, keyed ``(a, b)`` with a < b.
+
+    ``own`` collects each model's :class:`WeightFacts` (computed once per
+    model), for the merge search that follows to reuse.
+    """
     ordered = sorted(members)
     candidates = (
         [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
@@ -210,7 +216,7 @@ def pair_evidence(
     )
     out: dict[tuple[Key, Key], _Pair] = {}
     # Per-model scans (degenerate tensors, quantization grid) once per model, not once per pair.
-    own: dict[Key, WeightFacts] = {}
+    own = {} if own is None else own
 
     def facts_of(m: Key) -> WeightFacts:
         if m not in own:
@@ -278,8 +284,14 @@ def merge_parents(
     weights: Mapping[Key, WeightMap],
     pairs: Mapping[tuple[Key, Key], _Pair],
     group: Mapping[Key, int],
+    degenerate: Mapping[Key, tuple[tuple[Any, str], ...]] | None = None,
 ) -> dict[Key, tuple[tuple[Key, Key], MergeFit]]:
-    """``child -> ((parent1, parent2), fit)`` for each member that is a merge of two relatives."""
+    """``child -> ((parent1, parent2), fit)`` for each member that is a merge of two relatives.
+
+    ``degenerate``: each model's degenerate entries, when already known (a
+    model read again through a bounded cache is a new set of tensors, and
+    judging them again for every candidate triple dominated a resolve).
+    """
     near: dict[Key, list[tuple[float, Key]]] = {m: [] for m in members}
     for p in pairs.values():
         e = p.evidence
@@ -292,8 +304,10 @@ def merge_parents(
         for i in range(len(options)):
             for j in range(i + 1, len(options)):
                 p1, p2 = options[i], options[j]
+                known = [degenerate.get(m) for m in (c, p1, p2)] if degenerate is not None else [None]
                 try:
-                    fit = merge_fit(weights[c], [weights[p1], weights[p2]])
+                    fit = merge_fit(weights[c], [weights[p1], weights[p2]],
+                                    degenerate=None if None in known else known)
                 except ValueError:
                     continue
                 if fit.is_merge and (best is None or fit.residual < best[1].residual):

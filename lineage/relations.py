@@ -849,8 +849,14 @@ class MergeFit:
         }
 
 
-def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
+def merge_fit(
+    child: WeightMap, parents: Sequence[WeightMap], *, degenerate: Sequence[Sequence[tuple[Any, str]]] | None = None,
+) -> MergeFit:
     """Solve ``min ||child - sum_k alpha_k parent_k||`` over all shared identity tensors.
+
+    ``degenerate``: each map's degenerate entries (child first, then the
+    parents), when a family solver already knows them (:class:`WeightFacts`);
+    otherwise every tensor is judged here.
 
     Examples
     --------
@@ -865,9 +871,13 @@ def merge_fit(child: WeightMap, parents: Sequence[WeightMap]) -> MergeFit:
         raise ValueError(f"parents: expected at least one WeightMap, got {len(parents)}")
     child = check_weight_map(child, "child")
     ps = [check_weight_map(p, f"parents[{i}]") for i, p in enumerate(parents)]
-    (child, *ps), degenerate = drop_degenerate(child, *ps, names=("child", *(f"parents[{i}]" for i in range(len(ps)))))
+    names = ("child", *(f"parents[{i}]" for i in range(len(ps))))
+    if degenerate is None:
+        (child, *ps), dropped = drop_degenerate(child, *ps, names=names)
+    else:
+        (child, *ps), dropped = drop_found((child, *ps), degenerate, names=names)
     if not child:
-        raise ValueError(f"child and parents: expected informative tensors, got only degenerate ones ({degenerate[0]})")
+        raise ValueError(f"child and parents: expected informative tensors, got only degenerate ones ({dropped[0]})")
     child, *ps = typing_view(child, *ps)
     keys = [k for k in sorted(child, key=str)
             if k[0] in _IDENTITY and all(k in p and shape_of(p, k) == shape_of(child, k) for p in ps)]
