@@ -728,6 +728,13 @@ def classify_relation(
             return quantized
         if quantized:
             notes.append(quantized)
+    elif qa:
+        # Both on grids (a model dequantized from GGUF and its light fine-tunes stay on the source's
+        # grid): a copy is the side whose own grid the other rounds onto, when exactly one is.
+        found = [e for e in (_quantized_evidence(a, b, side, (), dist, inv, conv) for side in (True, False))
+                 if isinstance(e, RelationEvidence)]
+        if len(found) == 1:
+            return found[0]
     notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
     return _dense_or_low_rank(a, b, qa, qb, dist, inv, conv, notes)
 
