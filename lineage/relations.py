@@ -722,19 +722,9 @@ def classify_relation(
     conv = conversion_check(a, b, permutations=not math.isnan(inv) and inv < _MAYBE_PERMUTED)
     if conv.is_conversion:
         return _duplicate_evidence(conv, dist, inv, qa, qb, notes)
-    if qa != qb:
-        quantized = _quantized_evidence(a, b, qa, dtypes_a if qa else dtypes_b, dist, inv, conv)
-        if isinstance(quantized, RelationEvidence):
-            return quantized
-        if quantized:
-            notes.append(quantized)
-    elif qa:
-        # Both on grids (a model dequantized from GGUF and its light fine-tunes stay on the source's
-        # grid): a copy is the side whose own grid the other rounds onto, when exactly one is.
-        found = [e for e in (_quantized_evidence(a, b, side, (), dist, inv, conv) for side in (True, False))
-                 if isinstance(e, RelationEvidence)]
-        if len(found) == 1:
-            return found[0]
+    quantized = _quantized_copy(a, b, qa, qb, dtypes_a, dtypes_b, dist, inv, conv, notes)
+    if quantized is not None:
+        return quantized
     notes.append(f"not a conversion: {conv.mismatch_fraction:.2%} of elements differ under the best cast ({conv.mode})")
     return _dense_or_low_rank(a, b, qa, qb, dist, inv, conv, notes)
 
@@ -773,6 +763,31 @@ def _duplicate_evidence(
     return RelationEvidence(
         "duplicate", 0.99, conv.lower_side, dist, _opt(inv), qa, qb, 0.0, 0.0, tuple(notes), conv,
     )
+
+
+def _quantized_copy(
+    a: WeightMap, b: WeightMap, qa: bool, qb: bool, dtypes_a: Sequence[str], dtypes_b: Sequence[str],
+    dist: float, inv: float, conv: ConversionCheck, notes: list[str],
+) -> RelationEvidence | None:
+    """``quantized`` evidence when one side is a quantized copy of the other (a note why not, when one is on a grid).
+
+    When both sides are on grids (a model dequantized from GGUF and its light
+    fine-tunes stay on the source's grid), the copy is the side whose own grid
+    the other rounds onto, when exactly one is.
+    """
+    if qa != qb:
+        quantized = _quantized_evidence(a, b, qa, dtypes_a if qa else dtypes_b, dist, inv, conv)
+        if isinstance(quantized, RelationEvidence):
+            return quantized
+        if quantized:
+            notes.append(quantized)
+        return None
+    if qa:
+        found = [e for e in (_quantized_evidence(a, b, side, (), dist, inv, conv) for side in (True, False))
+                 if isinstance(e, RelationEvidence)]
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def _quantized_evidence(
