@@ -288,10 +288,9 @@ def check_informative(x: Any, name: str) -> torch.Tensor:
     """:func:`check_matrix`, and refuse a degenerate matrix (see :func:`degenerate_reason`)."""
     checked = check_matrix(x, name)
     why = degenerate_reason(x if isinstance(x, torch.Tensor) else checked)  # the caller's tensor: its verdict is kept
-    x = checked
     if why is not None:
         raise ValueError(f"{name}: expected an informative matrix, got a degenerate one: {why}")
-    return x
+    return checked
 
 
 def _tensors_of(value: Any) -> tuple[torch.Tensor, ...]:

@@ -196,9 +196,9 @@ def float_grid_parent(a: Mapping[Any, "torch.Tensor"], b: Mapping[Any, "torch.Te
     lower precision (:func:`~mothertree.lineage.relations.rounds_onto_float_grid`).
     A light fine-tune saved in bf16 from a float32 parent lies within half a
     step of the parent, at a uniform rounding distance (mean 0.25 step, half
-    of it within a quarter step): the rounded side is the child. A float32 fine-tune of a bf16 model starts on
-    the grid and moves by training steps (mean far below 0.25): the grid side
-    is the parent. This holds when the changes are below one rounding step,
+    of it within a quarter step): the rounded side is the child. A float32
+    fine-tune of a bf16 model starts on the grid and moves by training steps
+    (mean far below 0.25): the grid side is the parent. This holds when the changes are below one rounding step,
     exactly where norm growth and kurtosis measure noise. ``None`` when the
     precisions are equal, the coarser side switches between tensors, most
     elements are more than half a step apart, or the residual is between the

@@ -231,11 +231,12 @@ def pair_evidence(
         fa, fb = facts[a], facts[b]
         rel = classify_relation(wa, wb, dtypes_a=fa.dtypes, dtypes_b=fb.dtypes, facts_a=facts_of(a), facts_b=facts_of(b))
         d = _pair_distance(a, b, wa, wb, rel, stats)
+        va, vb = typing_view(wa, wb)  # the direction votes read a spread of blocks of a streamed model
         declared = 1 if fa.name in fb.declared_base_models else -1 if fb.name in fa.declared_base_models else 0
         sig = DirectionSignals(
             created_a=fa.created_at, created_b=fb.created_at, declared=declared, structural_child=rel.child_side,
-            kurtosis_a=fa.attn_kurtosis, kurtosis_b=fb.attn_kurtosis, norm_growth=norm_growth_fraction(*typing_view(wa, wb)),
-            grid_parent=float_grid_parent(*typing_view(wa, wb)) if rel.child_side is None else None,
+            kurtosis_a=fa.attn_kurtosis, kurtosis_b=fb.attn_kurtosis, norm_growth=norm_growth_fraction(va, vb),
+            grid_parent=float_grid_parent(va, vb) if rel.child_side is None else None,
         )
         direction = orient(sig)
         out[(a, b)] = _Pair(PairEvidence(a, b, d, direction.log_odds, rel.relation), rel, sig, direction)
@@ -304,7 +305,7 @@ def merge_parents(
         for i in range(len(options)):
             for j in range(i + 1, len(options)):
                 p1, p2 = options[i], options[j]
-                known = [degenerate.get(m) for m in (c, p1, p2)] if degenerate is not None else [None]
+                known = [(degenerate or {}).get(m) for m in (c, p1, p2)]
                 try:
                     fit = merge_fit(weights[c], [weights[p1], weights[p2]],
                                     degenerate=None if None in known else known)

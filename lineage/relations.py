@@ -486,11 +486,8 @@ def grid_residual(w: torch.Tensor) -> float:
 
 def _half_ulp(x: torch.Tensor) -> float:
     """Relative half-ulp of the lowest float precision that represents every value of ``x``."""
-    if torch.equal(x.to(torch.bfloat16).float(), x):
-        return 2.0 ** -8
-    if torch.equal(x.to(torch.float16).float(), x):
-        return 2.0 ** -11
-    return 2.0 ** -24
+    mode = _stored_precision(x)
+    return 2.0 ** -(_SIGNIFICANT_BITS[mode] if mode else 24)
 
 
 def rounds_onto_grid(q: torch.Tensor, source: torch.Tensor) -> tuple[float, float]:
